@@ -1,0 +1,1 @@
+"""Backends, grouped by kind. Each is one file, imported only when selected."""

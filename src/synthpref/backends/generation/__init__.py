@@ -1,0 +1,26 @@
+"""Generation backends: one file each, registered here by name, imported only when selected.
+
+Adding a backend: write `<name>.py` with a `GenerationBackend` subclass (and its `Options`),
+add one line to REGISTRY, add one test.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ...errors import ConfigError, did_you_mean
+from .base import GenerationBackend, GenParams, GenRequest, GenResult  # noqa: F401
+
+REGISTRY: dict[str, str] = {
+    "hf": "synthpref.backends.generation.hf:HFBackend",
+    "vllm": "synthpref.backends.generation.vllm_backend:VLLMBackend",
+    "openai": "synthpref.backends.generation.openai_api:OpenAIBackend",
+    "llamacpp": "synthpref.backends.generation.llamacpp:LlamaCppBackend",
+}
+
+
+def get_backend_class(name: str) -> type[GenerationBackend]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown generation backend '{name}'{did_you_mean(name, REGISTRY)}")
+    mod, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(mod), cls)

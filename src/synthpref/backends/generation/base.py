@@ -1,0 +1,56 @@
+"""The small interface every generation backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+from ...config import ModelSpec
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    key: str                 # response_id the result is stored under
+    messages: tuple          # chat messages: ({"role": "user", "content": ...}, ...)
+    seed: int                # per-record seed: the same record gives the same text on a re-run
+    greedy: bool
+
+
+@dataclass(frozen=True)
+class GenParams:
+    temperature: float = 0.5
+    top_p: float = 0.9
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 3
+    max_new_tokens: int = 128
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class GenResult:
+    key: str
+    text: str
+    n_tokens: int
+    finish_reason: str = "stop"  # stop | length | error
+
+
+class GenerationBackend(ABC):
+    """Yield one GenResult per request (any order) so callers can write records as they come."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", **kwargs):
+        self.spec = spec
+        self.device = device
+        self.options = self.Options.model_validate(spec.options)
+
+    @abstractmethod
+    def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
+        ...
+
+    def close(self) -> None:
+        """Free the model (one model in memory at a time)."""

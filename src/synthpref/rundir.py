@@ -1,0 +1,290 @@
+"""The run directory every stage reads from and writes to.
+
+Layout (one folder per stage)::
+
+    runs/<study>/config.yaml      resolved config
+    runs/<study>/manifest.json    versions, seeds, per-stage status/times/input hashes
+    runs/<study>/<stage>/...      the stage's outputs
+
+All writes are atomic (temporary file in the same folder, fsync, rename), so a killed run never
+leaves a half-written file. JSONL outputs are appended one record at a time through
+`RecordWriter`; each record carries a stable id, so a re-run skips records already done
+(record-level resume) and a stage whose inputs changed starts over instead of mixing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import DataError, SynthprefError
+
+STAGES = ("fetch", "generate", "score", "pairs", "probe", "train", "evaluate", "report")
+
+
+# --------------------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary sibling of `path`; on success fsync and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_json(path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path, records: Iterable[dict]) -> None:
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; run the stage that writes it first") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); delete the file to recompute it") from None
+
+
+def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
+    """Read a JSONL file; a malformed line or a missing field is an error naming file:line."""
+    path = Path(path)
+    out: list[dict] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: malformed JSON ({e.msg}); fix or remove that line") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise DataError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+        out.append(rec)
+    return out
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def hash_obj(obj: Any) -> str:
+    """Stable content hash of a JSON-able object (used for stage input hashes and record ids)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def stable_id(*parts: Any, n: int = 16) -> str:
+    return hash_obj(parts)[:n]
+
+
+# --------------------------------------------------------------------------- record-level resume
+class RecordWriter:
+    """Append-only JSONL of records keyed by `key`, resumable at record granularity.
+
+    While a stage runs, records go to `<name>.jsonl.partial`: each `add` appends one line and
+    flushes, so a kill loses at most the line being written (a torn last line is dropped on
+    re-open). `finish()` sorts records by key and atomically writes `<name>.jsonl`, so the final
+    file exists only when complete and its bytes do not depend on the order work was done in.
+    `inputs_hash` is kept in a sidecar `<name>.jsonl.inputs`; if it differs on re-open, old
+    results are discarded, so outputs of different inputs are never mixed.
+    """
+
+    def __init__(self, path, key: str, inputs_hash: str):
+        self.path = Path(path)
+        self.key = key
+        self.inputs_hash = inputs_hash
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.meta = self.path.with_name(self.path.name + ".inputs")
+        self.records: dict[str, dict] = {}
+        self._fh = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old_hash = self.meta.read_text().strip() if self.meta.exists() else None
+        if old_hash != inputs_hash:
+            for p in (self.partial, self.path):
+                p.unlink(missing_ok=True)
+            write_text(self.meta, inputs_hash + "\n")
+        for source in (self.path, self.partial):
+            if source.exists():
+                for line in source.read_text(encoding="utf-8").splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # torn final line from a kill
+                    self.records.setdefault(rec[key], rec)
+
+    @property
+    def complete(self) -> bool:
+        """True when the final file exists for these inputs (nothing left to do)."""
+        return self.path.exists() and not self.partial.exists()
+
+    def done(self, key: str) -> bool:
+        return key in self.records
+
+    def add(self, rec: dict) -> None:
+        k = rec[self.key]
+        if k in self.records:
+            return
+        if self._fh is None:
+            # Rewrite the partial from what we hold, dropping any torn line, then append.
+            write_jsonl(self.partial, self.records.values())
+            self._fh = open(self.partial, "a", encoding="utf-8")
+        self.records[k] = rec
+        self._fh.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def finish(self) -> list[dict]:
+        self.close()
+        recs = [self.records[k] for k in sorted(self.records)]
+        if not self.complete or self.partial.exists():
+            write_jsonl(self.path, recs)
+        self.partial.unlink(missing_ok=True)
+        return recs
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------- run directory + manifest
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("synthpref", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                "lm_eval", "sentence-transformers", "scikit-learn", "vllm", "deepspeed", "llama_cpp_python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class RunDir:
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    def create(self) -> "RunDir":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise SynthprefError(
+                f"run directory {self.root} is not writable ({e.strerror}); pass --run-dir to a writable folder"
+            ) from None
+        return self
+
+    def stage(self, name: str) -> Path:
+        p = self.root / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    # -- manifest
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def manifest(self) -> dict:
+        if self.manifest_path.exists():
+            return read_json(self.manifest_path)
+        return {"stages": {}}
+
+    def update_manifest(self, **fields) -> dict:
+        m = self.manifest()
+        m.update(fields)
+        write_json(self.manifest_path, m)
+        return m
+
+    def init_manifest(self, config_dict: dict, seed: int) -> None:
+        from . import __version__
+
+        m = self.manifest()
+        m.update({"synthpref_version": __version__, "git_commit": _git_commit(),
+                  "packages": package_versions(), "seed": seed,
+                  "config_hash": hash_obj(config_dict)})
+        m.setdefault("stages", {})
+        write_json(self.manifest_path, m)
+
+    def stage_done(self, stage: str, inputs_hash: str) -> bool:
+        s = self.manifest().get("stages", {}).get(stage)
+        return bool(s and s.get("status") == "done" and s.get("inputs_hash") == inputs_hash)
+
+    @contextlib.contextmanager
+    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[Path]:
+        """Mark a stage running/done/failed in the manifest around its body, with timing."""
+        t0 = time.time()
+        self._set_stage(stage, {"status": "running", "inputs_hash": inputs_hash, "started": t0})
+        try:
+            yield self.stage(stage)
+        except BaseException as e:
+            self._set_stage(stage, {"status": "failed", "inputs_hash": inputs_hash, "started": t0,
+                                    "error": f"{type(e).__name__}: {e}"[:500]})
+            raise
+        self._set_stage(stage, {"status": "done", "inputs_hash": inputs_hash, "started": t0,
+                                "seconds": round(time.time() - t0, 2)})
+
+    def _set_stage(self, stage: str, info: dict) -> None:
+        m = self.manifest()
+        m.setdefault("stages", {})[stage] = info
+        write_json(self.manifest_path, m)
