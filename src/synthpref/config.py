@@ -141,6 +141,10 @@ class PairsConfig(Strict):
         default_factory=lambda: ["original", "hc_self", "gpt4o_self", "stronger_self", "peer_rm", "all_rm", "self_rm"],
         description="settings to build: preset names or names defined in `custom`")
     custom: dict[str, PairSpec] = Field(default_factory=dict, description="extra or overriding settings")
+    card: bool = Field(True, description="write a dataset card pairs/README.md")
+    push_to_hub: str | None = Field(None, description="hub dataset repo id to upload the pairs to (one config per "
+                                    "setting; token from HF_TOKEN); None: no upload")
+    private: bool = Field(True, description="create the hub dataset as private")
 
 
 # --------------------------------------------------------------------------- probe
@@ -173,6 +177,7 @@ class SFTStage(Strict):
     learning_rate: float = 2e-5
     num_train_epochs: float = 1.0
     max_length: int = 1024
+    max_steps: int = Field(-1, description="override epochs when > 0 (short smoke runs)")
 
 
 class TrainConfig(Strict):
@@ -197,6 +202,8 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = Field(2, ge=1)
+    keep_checkpoints: bool = Field(False, description="keep train/<setting>/checkpoints/ after the final model is "
+                                   "saved (off: deleted, since full-FT checkpoints hold optimizer states)")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, ...")
     launcher: Literal["local", "accelerate"] = Field("local", description="accelerate: multi-GPU via accelerate launch")
     accelerate_config: str | None = Field(None, description="path under configs/accelerate/ (ddp, zero2, zero3)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...config import ModelSpec
 
@@ -54,3 +54,16 @@ class GenerationBackend(ABC):
 
     def close(self) -> None:
         """Free the model (one model in memory at a time)."""
+
+
+class LocalModelOptions(BaseModel):
+    """Options shared by backends that format prompts themselves (hf, vllm, llamacpp)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="auto: the model's chat template, plain for base models (rule in synthpref.chat)")
+
+
+def split_by_kind(requests: list[GenRequest]) -> tuple[list[GenRequest], list[GenRequest]]:
+    """(greedy, sampled): the two are never batched together (different decoding)."""
+    return [r for r in requests if r.greedy], [r for r in requests if not r.greedy]

@@ -1,0 +1,82 @@
+"""The small interface every scorer implements, and `make_scorer` to build one by name.
+
+A scorer maps (prompt, response) pairs to a score where higher is better (safer / more
+preferred) and, where it can tell, a harmful flag for the attack success rate. Constructing a
+scorer is cheap (no model is loaded), so its `version` can go into the score stage's inputs
+hash before deciding whether any work is left; the model loads on the first `score` call and
+is freed by `close`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ...config import ScorerSpec, StudyConfig
+from ...errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    key: str        # response_id (or any caller key) the result is returned under
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    key: str
+    score: float | None     # higher = better; None when the scorer's output could not be parsed
+    harmful: bool | None    # for ASR; None when the scorer cannot tell
+    raw: Any = None         # the scorer's raw output (judge text, logit, matched keyword)
+    parsed: bool = True     # False: raw output unparseable, score/harmful are None
+
+
+class Scorer(ABC):
+    """Yield one ScoreResult per item (any order); `version` changes whenever rubric or logic does."""
+
+    version: str = "0"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, name: str, spec: ScorerSpec, cfg: StudyConfig | None = None, device: str = "cpu"):
+        self.name = name
+        self.spec = spec
+        self.cfg = cfg
+        self.device = device
+        try:
+            self.options = self.Options.model_validate(spec.options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            fields = list(self.Options.model_fields)
+            hint = did_you_mean(where, fields) if err["type"] == "extra_forbidden" else f" ({err['msg']})"
+            raise ConfigError(f"score.scorers.{name}.options.{where}: invalid{hint}") from None
+
+    @abstractmethod
+    def score(self, items: list[ScoreItem]) -> Iterator[ScoreResult]:
+        ...
+
+    def close(self) -> None:
+        """Free the model (one model in memory at a time)."""
+
+
+def scorer_spec(name: str, cfg: StudyConfig | None) -> ScorerSpec:
+    """The spec for scorer `name`: from cfg.score.scorers, or the built-in 'keywords' matcher."""
+    scorers = cfg.score.scorers if cfg is not None else {}
+    if name in scorers:
+        return scorers[name]
+    if name == "keywords":
+        return ScorerSpec(kind="keywords")
+    raise ConfigError(f"scorer '{name}' is not in score.scorers{did_you_mean(name, [*scorers, 'keywords'])}")
+
+
+def make_scorer(name: str, cfg: StudyConfig | None, device: str = "cpu") -> Scorer:
+    from . import get_scorer_class
+
+    spec = scorer_spec(name, cfg)
+    return get_scorer_class(spec.kind)(name, spec, cfg, device)

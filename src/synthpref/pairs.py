@@ -1,0 +1,389 @@
+"""Preference pairs for every setting of the paper (its Table of settings, x-axis of Fig. 1).
+
+A setting is a `PairSpec`: which sources feed the chosen and the rejected side, which kind of
+response (greedy / sampled) each side takes, and the rule that picks one pair per prompt. The
+paper's settings are presets below; a new setting is one `pairs.custom` entry in the study
+config, no code. Per setting the stage writes ``pairs/<setting>.jsonl`` in TRL's conversational
+preference format (``prompt`` / ``chosen`` / ``rejected`` message lists) plus provenance columns,
+``pairs/drops/<setting>.jsonl`` (why each skipped prompt was skipped), ``pairs/stats.json`` and a
+dataset card ``pairs/README.md``.
+
+Selection follows the authors' public code where it exists: chosen = argmax reward and rejected
+= argmin reward over the pool (Self+RM, Peer+RM, All+RM); fixed sides for Original / HC+Self /
+GPT4o+Self / Stronger+Self; the optional `rm_swap` is their combine_data.py two-way swap.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from .config import PairSpec, StudyConfig
+from .errors import ConfigError, DataError, did_you_mean
+from .prompts import read_prompts
+from .rundir import RunDir, hash_obj, stable_id, write_json, write_jsonl, write_text
+from .tables import load_responses, load_scores
+
+VERSION = 1
+ROLES = ("self", "stronger", "peers", "gpt4o")
+HUMAN_SOURCES = ("human_chosen", "human_rejected")
+MODEL_KINDS = ("greedy", "sample")
+_ALL_RM = ["self", "peers", "stronger", "gpt4o"]
+
+PRESETS: dict[str, PairSpec] = {
+    "original": PairSpec(
+        chosen=["human_chosen"], rejected=["human_rejected"], rule="fixed",
+        description="Original Dataset: human-labelled chosen vs human-labelled rejected"),
+    "hc_self": PairSpec(
+        chosen=["human_chosen"], rejected=["self"], rejected_kind="greedy", rule="fixed",
+        description="HC+Self: human-labelled chosen vs the target's own greedy response"),
+    "gpt4o_self": PairSpec(
+        chosen=["gpt4o"], rejected=["self"], chosen_kind="greedy", rejected_kind="greedy", rule="fixed",
+        description="GPT4o+Self: GPT-4o's greedy response vs the target's greedy response"),
+    "stronger_self": PairSpec(
+        chosen=["stronger"], rejected=["self"], chosen_kind="greedy", rejected_kind="greedy", rule="fixed",
+        description="Stronger+Self: a larger same-family model's greedy response vs the target's greedy response"),
+    "peer_rm": PairSpec(
+        chosen=["peers"], rejected=["peers"], rule="best_worst",
+        description="Peer+RM: best and worst by reward over the peer models' responses"),
+    "all_rm": PairSpec(
+        chosen=list(_ALL_RM), rejected=list(_ALL_RM), rule="best_worst",
+        description="All+RM: best and worst by reward over self + peers + stronger + GPT-4o responses"),
+    "self_rm": PairSpec(
+        chosen=["self"], rejected=["self"], chosen_kind="sample", rejected_kind="sample", rule="best_worst",
+        description="Self+RM: best and worst by reward of the target's own N samples (paper: N=5)"),
+}
+
+# Why a prompt got no pair (counted in stats.json, listed in pairs/drops/<setting>.jsonl).
+DROP_REASONS = ("no_chosen_responses", "no_rejected_responses", "missing_score", "margin_below_min",
+                "no_positive_margin", "identical_texts")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# --------------------------------------------------------------------------- settings
+def available_settings(cfg: StudyConfig) -> dict[str, PairSpec]:
+    """Presets, overridden or extended by `pairs.custom`."""
+    return {**PRESETS, **cfg.pairs.custom}
+
+
+def resolve_settings(cfg: StudyConfig) -> dict[str, PairSpec]:
+    """The settings `pairs.settings` asks for, in that order, with every source name checked."""
+    known = available_settings(cfg)
+    out: dict[str, PairSpec] = {}
+    for name in cfg.pairs.settings:
+        if name == "sft":
+            raise ConfigError("pairs.settings: 'sft' is the untrained baseline, not a pair setting; remove it "
+                              "(evaluate.models includes 'sft' by default)")
+        if name not in known:
+            raise ConfigError(f"pairs.settings: unknown setting '{name}'{did_you_mean(name, known)}; "
+                              "define it under pairs.custom")
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"pairs.settings: '{name}' is not a valid setting name (letters, digits, _ . -)")
+        spec = known[name]
+        for side in ("chosen", "rejected"):
+            for src in getattr(spec, side):
+                _check_source(cfg, name, side, src)
+        out[name] = spec
+    return out
+
+
+def _check_source(cfg: StudyConfig, setting: str, side: str, src: str) -> None:
+    valid = [*cfg.models, *ROLES, *HUMAN_SOURCES]
+    if src not in valid:
+        raise ConfigError(f"pairs setting '{setting}': {side} source '{src}' is not a model, role or human "
+                          f"source{did_you_mean(src, valid)}")
+
+
+def source_models(cfg: StudyConfig, sources: list[str]) -> tuple[set[str], set[str]]:
+    """(model names, human kinds) a list of source names stands for. Roles expand to their members."""
+    models, human = set(), set()
+    for src in sources:
+        if src in HUMAN_SOURCES:
+            human.add(src)
+        elif src in ROLES:
+            models.update(cfg.role_members(src))
+        else:
+            models.add(src)
+    return models, human
+
+
+def models_needed(cfg: StudyConfig) -> list[str]:
+    """Models whose responses the requested settings use (the default `generate.sources`)."""
+    need: set[str] = set()
+    for spec in resolve_settings(cfg).values():
+        need |= source_models(cfg, spec.chosen + spec.rejected)[0]
+    return sorted(need)
+
+
+def pairs_path(rd: RunDir, setting: str):
+    return rd.path("pairs", f"{setting}.jsonl")
+
+
+# --------------------------------------------------------------------------- selection
+@dataclass
+class Decision:
+    chosen: dict | None = None
+    rejected: dict | None = None
+    reason: str | None = None
+    detail: str = ""
+    swapped: bool = False
+
+
+@dataclass
+class Pools:
+    """Responses of one prompt, indexed so each setting can pull its sides cheaply."""
+
+    by_model: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    by_human: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+
+    def side(self, cfg: StudyConfig, sources: list[str], kind: str) -> list[dict]:
+        models, human = source_models(cfg, sources)
+        out = [r for m in models for r in self.by_model.get(m, ()) if kind == "any" or r["kind"] == kind]
+        out += [r for h in human for r in self.by_human.get(h, ())]
+        return sorted(out, key=lambda r: r["response_id"])
+
+
+def _score(r: dict) -> float | None:
+    return r.get("_score")
+
+
+def _fixed_pick(pool: list[dict]) -> dict:
+    """A side's single response: greedy first, else the lowest sample_index; then by id."""
+    return min(pool, key=lambda r: (r["kind"] != "greedy", r.get("sample_index") or 0, r.get("model") or "",
+                                    r["response_id"]))
+
+
+def _best(pool: list[dict]) -> dict:
+    return min(pool, key=lambda r: (-_score(r), r["response_id"]))
+
+
+def _worst(pool: list[dict]) -> dict:
+    return min(pool, key=lambda r: (_score(r), r["response_id"]))
+
+
+def _scored(pool: list[dict]) -> list[dict]:
+    return [r for r in pool if _score(r) is not None]
+
+
+def select(spec: PairSpec, chosen_pool: list[dict], rejected_pool: list[dict], rng_seed: int) -> Decision:
+    """Pick one (chosen, rejected) from the two pools by `spec.rule`; a Decision with a reason if none."""
+    if not chosen_pool:
+        return Decision(reason="no_chosen_responses")
+    if not rejected_pool:
+        return Decision(reason="no_rejected_responses")
+    same_pool = {r["response_id"] for r in chosen_pool} == {r["response_id"] for r in rejected_pool}
+    rule = spec.rule
+    needs_scores = rule in ("best_worst", "max_min_margin", "length_matched") or spec.rm_swap or spec.min_margin > 0
+
+    if rule == "fixed":
+        c, r = _fixed_pick(chosen_pool), _fixed_pick(rejected_pool)
+        if same_pool and c is r:
+            # One pool on both sides with a fixed rule: the side's next response is the rejected one.
+            rest = [x for x in rejected_pool if x is not c]
+            if not rest:
+                return Decision(reason="no_rejected_responses", detail="pool has a single response")
+            r = _fixed_pick(rest)
+    elif rule == "random":
+        rng = random.Random(rng_seed)
+        c = rng.choice(chosen_pool)
+        rest = [x for x in rejected_pool if x["response_id"] != c["response_id"]]
+        if not rest:
+            return Decision(reason="no_rejected_responses", detail="pool has a single response")
+        r = rng.choice(rest)
+    elif rule in ("best_worst", "max_min_margin"):
+        cs, rs = _scored(chosen_pool), _scored(rejected_pool)
+        if not cs or not rs:
+            return Decision(reason="missing_score", detail=f"{len(cs)} chosen / {len(rs)} rejected responses scored")
+        c = _best(cs)
+        if same_pool:
+            # One pool: best and worst of the union; the worst is taken among the others so a
+            # pool of equal rewards still yields two distinct responses.
+            rest = [x for x in rs if x is not c]
+            if not rest:
+                return Decision(reason="no_rejected_responses", detail="pool has a single scored response")
+            r = _worst(rest)
+        else:
+            r = _worst(rs)
+    elif rule == "length_matched":
+        cs, rs = _scored(chosen_pool), _scored(rejected_pool)
+        if not cs or not rs:
+            return Decision(reason="missing_score", detail=f"{len(cs)} chosen / {len(rs)} rejected responses scored")
+        cands = [(abs(len(a["text"]) - len(b["text"])), -(_score(a) - _score(b)), a["response_id"], b["response_id"], a, b)
+                 for a in cs for b in rs if a["response_id"] != b["response_id"] and _score(a) > _score(b)]
+        if not cands:
+            return Decision(reason="no_positive_margin", detail="no candidate pair has chosen reward > rejected reward")
+        *_, c, r = min(cands, key=lambda t: t[:4])
+    else:  # pragma: no cover - the config's Literal forbids it
+        raise ConfigError(f"unknown pair rule '{rule}'")
+
+    swapped = False
+    if needs_scores:
+        if _score(c) is None or _score(r) is None:
+            return Decision(reason="missing_score", detail=f"{c['response_id'] if _score(c) is None else r['response_id']}")
+        if spec.rm_swap and _score(c) < _score(r):
+            c, r, swapped = r, c, True
+        if spec.min_margin > 0 and _score(c) - _score(r) < spec.min_margin:
+            return Decision(reason="margin_below_min", detail=f"{_score(c) - _score(r):.4g} < {spec.min_margin:g}")
+    if c["text"].strip() == r["text"].strip():
+        return Decision(reason="identical_texts", detail=f"{c['response_id']} == {r['response_id']}")
+    return Decision(chosen=c, rejected=r, swapped=swapped)
+
+
+def _pair_record(setting: str, prompt: dict, d: Decision) -> dict:
+    c, r = d.chosen, d.rejected
+    cs, rs = _score(c), _score(r)
+    return {
+        "pair_id": stable_id("pair", setting, prompt["prompt_id"], c["response_id"], r["response_id"]),
+        "prompt_id": prompt["prompt_id"],
+        "setting": setting,
+        "prompt": [{"role": "user", "content": prompt["text"]}],
+        "chosen": [{"role": "assistant", "content": c["text"]}],
+        "rejected": [{"role": "assistant", "content": r["text"]}],
+        "chosen_model": c.get("model"),
+        "rejected_model": r.get("model"),
+        "chosen_kind": c["kind"],
+        "rejected_kind": r["kind"],
+        "chosen_response_id": c["response_id"],
+        "rejected_response_id": r["response_id"],
+        "chosen_score": cs,
+        "rejected_score": rs,
+        "margin": None if cs is None or rs is None else cs - rs,
+        "chosen_seed": c.get("seed"),
+        "rejected_seed": r.get("seed"),
+        "swapped": d.swapped,
+    }
+
+
+def _rng_seed(seed: int, prompt_id: str) -> int:
+    # Seeded by (study seed, prompt): the same prompt draws the same pair whatever else changes.
+    return int(stable_id("random-pair", seed, prompt_id), 16)
+
+
+def build_pairs(cfg: StudyConfig, setting: str, spec: PairSpec, prompts: list[dict],
+                pools: dict[str, Pools]) -> tuple[list[dict], list[dict]]:
+    """(pair records sorted by prompt_id, drop records) for one setting."""
+    pairs, drops = [], []
+    for p in sorted(prompts, key=lambda p: p["prompt_id"]):
+        pool = pools.get(p["prompt_id"], Pools())
+        d = select(spec, pool.side(cfg, spec.chosen, spec.chosen_kind),
+                   pool.side(cfg, spec.rejected, spec.rejected_kind), _rng_seed(cfg.seed, p["prompt_id"]))
+        if d.reason:
+            drops.append({"setting": setting, "prompt_id": p["prompt_id"], "reason": d.reason, "detail": d.detail})
+        else:
+            pairs.append(_pair_record(setting, p, d))
+    return pairs, drops
+
+
+# --------------------------------------------------------------------------- statistics + card
+def _dist(xs: list[float]) -> dict:
+    if not xs:
+        return {"mean": None, "median": None, "p10": None, "p90": None}
+    s = sorted(xs)
+
+    def q(f: float) -> float:  # linear interpolation between order statistics (numpy's default)
+        k = (len(s) - 1) * f
+        lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+    return {"mean": round(statistics.fmean(s), 4), "median": round(q(0.5), 4),
+            "p10": round(q(0.1), 4), "p90": round(q(0.9), 4)}
+
+
+def setting_stats(spec: PairSpec, n_prompts: int, pairs: list[dict], drops: list[dict]) -> dict:
+    margins = [p["margin"] for p in pairs if p["margin"] is not None]
+    md = _dist(margins)
+    return {
+        "description": spec.description,
+        "rule": spec.rule,
+        "prompts": n_prompts,
+        "pairs": len(pairs),
+        "dropped": dict(sorted(Counter(d["reason"] for d in drops).items())),
+        "swapped": sum(p["swapped"] for p in pairs),
+        "chosen_chars": _dist([len(p["chosen"][0]["content"]) for p in pairs]),
+        "rejected_chars": _dist([len(p["rejected"][0]["content"]) for p in pairs]),
+        "margin": {"mean": md["mean"], "median": md["median"], "n": len(margins)},
+        "chosen_longer": round(sum(len(p["chosen"][0]["content"]) > len(p["rejected"][0]["content"])
+                                   for p in pairs) / len(pairs), 4) if pairs else None,
+        "source_mix": {
+            "chosen_model": dict(sorted(Counter(str(p["chosen_model"]) for p in pairs).items())),
+            "rejected_model": dict(sorted(Counter(str(p["rejected_model"]) for p in pairs).items())),
+        },
+    }
+
+
+def dataset_card(cfg: StudyConfig, specs: dict[str, PairSpec], stats: dict) -> str:
+    lines = [
+        "---", "task_categories: [text-generation]", "tags: [dpo, preference, safety, synthpref]", "---", "",
+        f"# Preference pairs: study `{cfg.name}`", "",
+        "Built by synthpref (reproducing arXiv 2504.02193, *More is Less*). One file per setting in TRL's",
+        "conversational preference format (`prompt`, `chosen`, `rejected` message lists) with provenance",
+        "columns (`chosen_model`, `chosen_response_id`, `chosen_score`, `margin`, seeds, ...).", "",
+        f"Target model: `{cfg.target}` ({cfg.models[cfg.target].path}); reward scorer: `{cfg.score.reward}`; "
+        f"seed {cfg.seed}.", "",
+        "| setting | chosen | rejected | rule | pairs | dropped | chosen chars (median) | rejected chars (median) | margin (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, spec in specs.items():
+        s = stats[name]
+        drops = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "0"
+        lines.append(f"| {name} | {'+'.join(spec.chosen)} ({spec.chosen_kind}) | {'+'.join(spec.rejected)} "
+                     f"({spec.rejected_kind}) | {spec.rule} | {s['pairs']} | {drops} | {s['chosen_chars']['median']} "
+                     f"| {s['rejected_chars']['median']} | {s['margin']['mean']} |")
+    lines += ["", "Role members: " + "; ".join(f"{r}: {', '.join(cfg.role_members(r)) or '-'}" for r in ROLES), ""]
+    return "\n".join(lines)
+
+
+def push_to_hub(rd: RunDir, repo_id: str, settings: list[str], private: bool) -> None:
+    """Upload each setting as a config of one hub dataset (token from HF_TOKEN / huggingface-cli login)."""
+    from datasets import load_dataset
+
+    for name in settings:
+        ds = load_dataset("json", data_files=str(pairs_path(rd, name)), split="train")
+        ds.push_to_hub(repo_id, config_name=name, private=private)
+
+
+# --------------------------------------------------------------------------- stage
+def _load_pools(rd: RunDir, reward: str) -> tuple[dict[str, Pools], int]:
+    """prompt_id -> Pools with each response's reward attached (`_score`); also the count unscored."""
+    try:
+        scores = load_scores(rd, reward)
+    except DataError:
+        raise DataError(f"{rd.path('score', reward + '.jsonl')}: reward scores not found; run `synthpref score` "
+                        f"first (score.reward is '{reward}')") from None
+    pools: dict[str, Pools] = defaultdict(Pools)
+    unscored = 0
+    for r in load_responses(rd):
+        s = scores.get(r["response_id"])
+        r = {**r, "_score": None if s is None or s.get("score") is None else float(s["score"])}
+        unscored += r["_score"] is None
+        if r["kind"] in HUMAN_SOURCES:
+            pools[r["prompt_id"]].by_human[r["kind"]].append(r)
+        elif r["kind"] in MODEL_KINDS:
+            pools[r["prompt_id"]].by_model[r["model"]].append(r)
+    return pools, unscored
+
+
+def run(cfg: StudyConfig, rd: RunDir) -> dict:
+    """Stage: one pairs/<setting>.jsonl per requested setting, plus drops, stats.json and README.md."""
+    specs = resolve_settings(cfg)
+    out = rd.stage("pairs")
+    prompts = read_prompts(rd, "train")
+    pools, unscored = _load_pools(rd, cfg.score.reward)
+    stats: dict = {"version": VERSION, "seed": cfg.seed, "reward": cfg.score.reward,
+                   "unscored_responses": unscored, "settings": {}}
+    for name, spec in specs.items():
+        pairs, drops = build_pairs(cfg, name, spec, prompts, pools)
+        write_jsonl(pairs_path(rd, name), pairs)
+        write_jsonl(out / "drops" / f"{name}.jsonl", drops)
+        stats["settings"][name] = setting_stats(spec, len(prompts), pairs, drops)
+        stats["settings"][name]["spec_hash"] = hash_obj(spec.model_dump(mode="json"))[:16]
+    write_json(out / "stats.json", stats)
+    if cfg.pairs.card:
+        write_text(out / "README.md", dataset_card(cfg, specs, stats["settings"]))
+    if cfg.pairs.push_to_hub:
+        push_to_hub(rd, cfg.pairs.push_to_hub, list(specs), cfg.pairs.private)
+    return {name: {"pairs": s["pairs"], "dropped": sum(s["dropped"].values())} for name, s in stats["settings"].items()}

@@ -1,0 +1,85 @@
+"""`synthpref validate`: everything that can be checked before compute is spent.
+
+Pydantic already checked types, unknown keys and cross-field rules when the config loaded. Here
+we check what needs the outside world: model references (asset names, paths), prompt sources,
+pair setting names, backend options, scorer models, jailbreak template names, accelerate
+configs. Each problem is one line naming the field and the fix. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import StudyConfig
+from .errors import SynthprefError
+
+
+def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
+    problems: list[str] = []
+
+    def add(field: str, msg: str) -> None:
+        problems.append(f"{source}: {field}: {msg}")
+
+    from .backends.generation import REGISTRY as GEN_BACKENDS, get_backend_class
+    from .models import check_reference
+
+    for name, spec in cfg.models.items():
+        if spec.backend != "openai":
+            p = check_reference(spec.path)
+            if p:
+                add(f"models.{name}.path", p)
+        try:
+            cls = get_backend_class(spec.backend)
+            cls.Options.model_validate(spec.options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            add(f"models.{name}.options.{'.'.join(map(str, err['loc']))}", err["msg"])
+        except SynthprefError as e:
+            add(f"models.{name}.backend", str(e))
+        except ImportError as e:  # backend module itself failed to import
+            add(f"models.{name}.backend", f"backend '{spec.backend}' unavailable ({e}); valid: {', '.join(GEN_BACKENDS)}")
+
+    from .prompts import check_source
+
+    for where, spec in [("prompts.train", cfg.prompts.train), *[(f"prompts.eval.{n}", s) for n, s in cfg.prompts.eval.items()],
+                        *([("prompts.benign", cfg.prompts.benign)] if cfg.prompts.benign else [])]:
+        p = check_source(spec, where)
+        if p:
+            problems.append(f"{source}: {p}")
+
+    try:
+        from .pairs import resolve_settings
+
+        resolve_settings(cfg)
+    except SynthprefError as e:
+        add("pairs.settings", str(e))
+
+    from .backends.scoring import get_scorer_class
+
+    for name, sc in cfg.score.scorers.items():
+        try:
+            get_scorer_class(sc.kind)
+        except SynthprefError as e:
+            add(f"score.scorers.{name}.kind", str(e))
+        if sc.model and sc.model not in cfg.models:
+            p = check_reference(sc.model)
+            if p:
+                add(f"score.scorers.{name}.model", p)
+
+    if cfg.train.base_model and cfg.train.base_model not in cfg.models:
+        p = check_reference(cfg.train.base_model)
+        if p:
+            add("train.base_model", p)
+    if cfg.train.accelerate_config and not Path(cfg.train.accelerate_config).exists():
+        add("train.accelerate_config", f"'{cfg.train.accelerate_config}' not found (shipped: configs/accelerate/*.yaml)")
+
+    for fmt in cfg.evaluate.safety.formats:
+        try:
+            from .evaluate_formats import check_format
+
+            check_format(fmt)
+        except SynthprefError as e:
+            add("evaluate.safety.formats", str(e))
+    return problems
