@@ -145,6 +145,9 @@ def main(argv=None) -> int:
                            "ratio": med(ours) / med(plain),
                            "synthpref_wall_s": statistics.median(o["wall_s"] for o in ours),
                            "plain_trl_wall_s": statistics.median(o["wall_s"] for o in plain)}
+        o = res["overhead"]
+        print(f"step time  synthpref {o['synthpref_step_s']:.3f}s  plain TRL {o['plain_trl_step_s']:.3f}s  "
+              f"ratio {o['ratio']:.3f} (target <= 1.05)", flush=True)
         if not args.skip_precompute:
             two_epochs = {"max_steps": -1, "num_train_epochs": 2}
             off = run_synthpref(args, tmp / "pre-off", pairs, precompute_ref_log_probs=False, **two_epochs)

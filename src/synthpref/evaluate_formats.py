@@ -154,5 +154,10 @@ def parse_format(name: str) -> Format:
                       f"{did_you_mean(name, ['chat', 'alpaca', 'jailbreak:<template>'])}")
 
 
+def check_format(name: str) -> None:
+    """For `synthpref validate`: raise ConfigError if `name` is not a usable format."""
+    parse_format(name)
+
+
 def render_alpaca(behaviour: str) -> str:
     return ALPACA_TEMPLATE.replace("{prompt}", behaviour)

@@ -69,7 +69,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
     rows = []
     for m in models:
         hits = [e for e in _asr_entries(evals[m]) if e["judge"] == judge and e.get("format", "chat") == "chat"]
-        if hits:
+        if hits and hits[0]["value"] is not None:
             e = hits[0]
             rows.append((m, e["value"], e["ci_low"], e["ci_high"]))
     if not rows:
@@ -136,7 +136,7 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
     pts = []
     for s, acc in sep.items():
         hits = [e for e in _asr_entries(evals.get(s, {})) if e["judge"] == judge and e.get("format", "chat") == "chat"]
-        if hits:
+        if hits and hits[0]["value"] is not None:
             pts.append((s, acc, hits[0]["value"]))
     if not pts:
         return None
@@ -152,6 +152,13 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _ci(e: dict) -> str:
+    """'[lo, hi]', or 'n/a' when every judgement was unparseable."""
+    if e.get("ci_low") is None or e.get("ci_high") is None:
+        return "n/a"
+    return f"[{e['ci_low']:.2f}, {e['ci_high']:.2f}]"
 
 
 def _md_table(header: list[str], rows: list[list]) -> str:
@@ -180,7 +187,7 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
         for m in _order(list(evals)):
             for e in _asr_entries(evals[m]):
                 rows.append([m, _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"],
-                             f"[{e['ci_low']:.2f}, {e['ci_high']:.2f}]", e["n"], e.get("unparsed", 0)])
+                             _ci(e), e["n"], e.get("unparsed", 0)])
         body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed"], rows)
         for j in judges:
             p = _fig_asr(evals, out, j)
@@ -188,7 +195,7 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
                 figs.append(p)
                 body += f"\n\n![ASR ({j})]({p.name})"
         sections.append(("Jailbreak attack success rate", body))
-        ref_rows = [[m, r["over_refusal"]["value"], f"[{r['over_refusal']['ci_low']:.2f}, {r['over_refusal']['ci_high']:.2f}]",
+        ref_rows = [[m, r["over_refusal"]["value"], _ci(r["over_refusal"]),
                      r["over_refusal"]["n"]] for m, r in ((m, evals[m]) for m in _order(list(evals)))
                     if r.get("over_refusal")]
         if ref_rows:

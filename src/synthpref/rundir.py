@@ -28,7 +28,9 @@ from typing import Any, Iterable, Iterator
 
 from .errors import DataError, SynthprefError
 
-STAGES = ("fetch", "generate", "score", "pairs", "probe", "train", "evaluate", "report")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -38,6 +40,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -271,12 +274,12 @@ class RunDir:
         return bool(s and s.get("status") == "done" and s.get("inputs_hash") == inputs_hash)
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[Path]:
+    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[None]:
         """Mark a stage running/done/failed in the manifest around its body, with timing."""
         t0 = time.time()
         self._set_stage(stage, {"status": "running", "inputs_hash": inputs_hash, "started": t0})
         try:
-            yield self.stage(stage)
+            yield
         except BaseException as e:
             self._set_stage(stage, {"status": "failed", "inputs_hash": inputs_hash, "started": t0,
                                     "error": f"{type(e).__name__}: {e}"[:500]})

@@ -22,21 +22,23 @@ def z_value(confidence: float = 0.95) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def wilson_bounds(p: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval around an observed rate p over n trials, at normal quantile z."""
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval for k successes out of n trials; None when n == 0."""
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return None
-    z = z_value(confidence)
-    p = k / n
-    z2n = z * z / n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo, hi = wilson_bounds(k / n, n, z_value(confidence))
     # Clamp float noise: at k = 0 (k = n) the exact lower (upper) bound is 0 (1).
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
+    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)
 
 
 def proportion(k: int, n: int, confidence: float = 0.95) -> dict:

@@ -123,18 +123,22 @@ def is_done(rd: RunDir, name: str, inputs_hash: str) -> bool:
 
 
 # --------------------------------------------------------------------------- tokenizer + data
-def plain_chat_template(plain_template: str) -> str:
-    """A Jinja chat template that renders a user turn with the model's `plain_template`.
+def plain_chat_template(plain_template: str, bos: bool = False) -> str:
+    """A Jinja chat template that renders `chat.format_plain`: system text, blank line, then the
+    user turn inside the model's `plain_template`; an answer is followed by the eos token.
 
-    Base models (e.g. Gemma-3-270M) have no chat template, and TRL formats conversational pairs
-    with `apply_chat_template`; this renders them exactly as generation prompted the model, and
-    the prompt alone is a prefix of prompt + answer, which DPO's completion masking relies on.
+    TRL formats conversational pairs with `apply_chat_template`, so plain-mode models (base models
+    such as Gemma-3-270M) get this template for training: the model is trained on exactly the
+    prompt text generation used, and the prompt alone is a prefix of prompt + answer, which DPO's
+    completion masking relies on. `bos`: start with the bos token, which the tokenizer adds to
+    plain text but `apply_chat_template` does not.
     """
     if "{prompt}" not in plain_template:
         raise ConfigError(f"models.<target>.plain_template: must contain '{{prompt}}' (got {plain_template!r})")
     prefix, suffix = plain_template.split("{prompt}", 1)
     return (
-        "{% set pre = " + json.dumps(prefix) + " %}{% set suf = " + json.dumps(suffix) + " %}"
+        ("{{ bos_token }}" if bos else "")
+        + "{% set pre = " + json.dumps(prefix) + " %}{% set suf = " + json.dumps(suffix) + " %}"
         "{% for m in messages %}"
         "{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
         "{% elif m['role'] == 'user' %}{{ pre + m['content'] + suf }}"
@@ -144,14 +148,24 @@ def plain_chat_template(plain_template: str) -> str:
 
 
 def prepare_tokenizer(spec: ModelSpec):
+    """The tokenizer with the chat template training formats prompts with.
+
+    Follows the generation rule (`chat.prompt_mode`), so DPO trains on the prompt text the target
+    answered: chat mode uses the tokenizer's template (else `chat_template` from the config);
+    plain mode (known base models, or no template) installs `plain_chat_template`. The template is
+    saved with the trained model, so later stages render the same text.
+    """
+    from .chat import has_template, prompt_mode
     from .models import load_tokenizer
 
     # DPOTrainer requires left padding (its collator and precompute assume it).
     tok = load_tokenizer(spec, padding_side="left")
-    if spec.chat_template:
+    if prompt_mode(tok, spec) == "plain":
+        ids = tok("x")["input_ids"]
+        adds_bos = tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+        tok.chat_template = plain_chat_template(spec.plain_template, bos=adds_bos)
+    elif not has_template(tok):
         tok.chat_template = spec.chat_template
-    elif not getattr(tok, "chat_template", None):
-        tok.chat_template = plain_chat_template(spec.plain_template)
     return tok
 
 

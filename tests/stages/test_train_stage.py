@@ -229,8 +229,8 @@ def test_lora_dpo_on_packaged_smollm2(tmp_path):
     write_jsonl(rd.path("pairs", "s1.jsonl"), make_pairs(8))
     cfg = parse_config({"name": "t", "models": {"smol": {"path": "smollm2-135m-instruct"}}, "target": "smol",
                         "prompts": {"train": {"source": "advbench"}}, "pairs": {"settings": ["s1"]},
-                        "train": {"use_lora": True, "learning_rate": 1e-3, "max_steps": 2, "max_length": 96,
-                                  "max_prompt_length": 32, "per_device_train_batch_size": 2,
+                        "train": {"use_lora": True, "learning_rate": 1e-3, "max_steps": 2, "max_length": 64,
+                                  "max_prompt_length": 24, "per_device_train_batch_size": 1,
                                   "gradient_accumulation_steps": 1}})
     summary = train.run(cfg, rd)
     assert summary["settings"]["s1"]["global_step"] == 2

@@ -50,7 +50,8 @@ def test_unknown_format_and_template_errors(fake_templates):
     with pytest.raises(ConfigError, match=r"needs parameters prompt, examples"):
         ef.parse_format("jailbreak:many_shot")
     with pytest.raises(ConfigError, match=r"unknown format 'alpacca'.*did you mean 'alpaca'"):
-        ef.parse_format("alpacca")
+        ef.check_format("alpacca")
+    ef.check_format("jailbreak:Dan_6_0")
 
 
 def test_alpaca_format_is_raw_template_despite_chat_template(tiny_model_dir):
