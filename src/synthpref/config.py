@@ -96,6 +96,9 @@ class ScorerSpec(Strict):
     rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 | harmbench_yesno | strongreject")
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(512, ge=8, description="truncation for reward models (paper: 512)")
+    score_training: bool = Field(
+        True, description="score every training response in the score stage; false for an evaluation-only "
+        "judge (e.g. a paid API judge), which then only judges evaluation samples")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -305,7 +305,7 @@ class _LMHandle:
         path = self._weights_folder()
         self.session.__exit__(None, None, None)  # free the HF copy before vLLM takes the GPU
         return VLLM(pretrained=str(path), tokenizer=str(path), batch_size="auto", seed=self.cfg.seed,
-                    gpu_memory_utilization=0.85)
+                    gpu_memory_utilization=0.85, load_format="safetensors")
 
     def _weights_folder(self) -> Path:
         """A folder vLLM can load: the model's own folder, or the merged in-memory model saved once."""
@@ -399,7 +399,8 @@ def judge_info(judge: str, cfg: StudyConfig, device: str) -> dict:
     from .backends.scoring.base import make_scorer
 
     s = make_scorer(judge, cfg, device)
-    info = {"name": judge, "kind": s.spec.kind, "model": s.spec.model, "version": s.version}
+    info = {"name": judge, "kind": s.spec.kind, "model": s.spec.model, "version": s.version,
+            "identity": s.identity()}
     rubric = getattr(s, "rubric", None)
     if rubric is not None:
         info["rubric"] = {"name": rubric.name, "version": rubric.version, "digest": getattr(rubric, "digest", None)}

@@ -48,15 +48,15 @@ class ModelPlan:
 
 
 def source_models(cfg: StudyConfig) -> list[str]:
-    """generate.sources, or: the target, then stronger, peers and gpt4o members, then any model
-    a custom pair setting names; deduplicated, first occurrence wins (a fixed order)."""
+    """generate.sources, or the models the requested pair settings use, in a fixed order: the
+    target, then stronger, peers and gpt4o members, then models named by custom settings."""
     if cfg.generate.sources:
-        names = list(cfg.generate.sources)
-    else:
-        names = [cfg.target, *cfg.roles.stronger, *cfg.roles.peers, *cfg.roles.gpt4o]
-        for spec in cfg.pairs.custom.values():
-            names += [s for s in (*spec.chosen, *spec.rejected) if s in cfg.models]
-    return list(dict.fromkeys(names))
+        return list(dict.fromkeys(cfg.generate.sources))
+    from .pairs import models_needed
+
+    need = models_needed(cfg)
+    order = [cfg.target, *cfg.roles.stronger, *cfg.roles.peers, *cfg.roles.gpt4o, *need]
+    return [n for n in dict.fromkeys(order) if n in need]
 
 
 def model_plan(cfg: StudyConfig, name: str) -> ModelPlan:

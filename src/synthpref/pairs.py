@@ -96,9 +96,13 @@ def _check_source(cfg: StudyConfig, setting: str, side: str, src: str) -> None:
     if src not in valid:
         raise ConfigError(f"pairs setting '{setting}': {side} source '{src}' is not a model, role or human "
                           f"source{did_you_mean(src, valid)}")
+    if src in ROLES and not cfg.role_members(src):
+        # Caught here, not after hours of generation: the setting would have no pairs.
+        raise ConfigError(f"pairs setting '{setting}': {side} source is role '{src}', but roles.{src} is empty; "
+                          f"add a model to roles.{src} or drop '{setting}' from pairs.settings")
 
 
-def source_models(cfg: StudyConfig, sources: list[str]) -> tuple[set[str], set[str]]:
+def expand_sources(cfg: StudyConfig, sources: list[str]) -> tuple[set[str], set[str]]:
     """(model names, human kinds) a list of source names stands for. Roles expand to their members."""
     models, human = set(), set()
     for src in sources:
@@ -115,7 +119,7 @@ def models_needed(cfg: StudyConfig) -> list[str]:
     """Models whose responses the requested settings use (the default `generate.sources`)."""
     need: set[str] = set()
     for spec in resolve_settings(cfg).values():
-        need |= source_models(cfg, spec.chosen + spec.rejected)[0]
+        need |= expand_sources(cfg, spec.chosen + spec.rejected)[0]
     return sorted(need)
 
 
@@ -141,7 +145,7 @@ class Pools:
     by_human: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
 
     def side(self, cfg: StudyConfig, sources: list[str], kind: str) -> list[dict]:
-        models, human = source_models(cfg, sources)
+        models, human = expand_sources(cfg, sources)
         out = [r for m in models for r in self.by_model.get(m, ()) if kind == "any" or r["kind"] == kind]
         out += [r for h in human for r in self.by_human.get(h, ())]
         return sorted(out, key=lambda r: r["response_id"])

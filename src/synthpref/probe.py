@@ -29,7 +29,6 @@ unique (prompt, response) is encoded once across settings and a killed run resum
 
 from __future__ import annotations
 
-import io
 import math
 import random
 import re
@@ -42,6 +41,7 @@ from .config import ModelSpec, StudyConfig
 from .errors import DataError
 from .rundir import RunDir, atomic_open, hash_obj, read_jsonl, stable_id, write_json
 from .backends.scoring.keywords import GCG_REFUSAL_PREFIXES
+from .figures import save_png
 from .stats import wilson_bounds
 
 VERSION = 2
@@ -187,26 +187,19 @@ class FeatureCache:
 
 # --------------------------------------------------------------------------- hidden states
 def format_conversation(tok, spec: ModelSpec | None, prompt: str, response: str) -> tuple[str, str, bool]:
-    """(full text, prompt-only prefix, add_special_tokens) as DPO training shows a pair to the target:
-    the config's `chat_template`, else the tokenizer's, else the model's `plain_template`, with the
-    target's system prompt first (the same order as synthpref.train.prepare_tokenizer)."""
+    """(full text, prompt-only prefix, add_special_tokens) as generation and DPO training show a
+    pair to the target: the same prompt-format rule as synthpref.chat (plain for base models)."""
+    from .chat import format_prompt, has_template, prompt_mode, with_system
+
+    spec = spec or ModelSpec(path="-")
     msgs = [{"role": "user", "content": prompt}]
-    if spec and spec.system_prompt:
-        msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-    template = spec.chat_template if spec else None
-    if template or getattr(tok, "chat_template", None):
-        try:
-            prefix = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, chat_template=template)
-            full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False,
-                                           chat_template=template)
-            return full, prefix, False
-        except Exception:  # a template that rejects this message layout: fall back to plain text
-            pass
-    plain = spec.plain_template if spec else "### Instruction:\n{prompt}\n\n### Response:\n"
-    prefix = plain.replace("{prompt}", prompt)
-    if spec and spec.system_prompt:
-        prefix = f"{spec.system_prompt}\n\n{prefix}"
-    return prefix + response, prefix, True
+    prefix = format_prompt(tok, spec, msgs)
+    if prompt_mode(tok, spec) == "plain":
+        return prefix + response, prefix, True
+    template = None if has_template(tok) else spec.chat_template
+    full = tok.apply_chat_template(with_system(spec, msgs) + [{"role": "assistant", "content": response}],
+                                   tokenize=False, chat_template=template)
+    return full, prefix, False
 
 
 def probe_layers(n_layers: int, stride: int) -> list[int]:
@@ -329,7 +322,7 @@ def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device
                                                      "version": VERSION})
     todo = cache.missing(list(texts))
     if todo:
-        st = SentenceTransformer(ref, device=device)
+        st = SentenceTransformer(ref, device=device, model_kwargs={"use_safetensors": True})
         try:
             for s in range(0, len(todo), 512):
                 keys = todo[s:s + 512]
@@ -362,11 +355,7 @@ def plot_layers(rows: list[dict], path: Path) -> None:
     axes[0][0].set_ylabel("chosen-vs-rejected probe accuracy (grouped CV)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    with atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())
+    save_png(fig, path)
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:

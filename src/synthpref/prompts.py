@@ -18,7 +18,7 @@ from typing import Callable
 from . import assets
 from .config import PromptSetSpec, StudyConfig
 from .errors import ConfigError, DataError, did_you_mean
-from .rundir import RunDir, hash_obj, read_jsonl, stable_id, write_jsonl
+from .rundir import RunDir, read_jsonl, stable_id, write_jsonl
 
 
 def normalise(text: str) -> str:
@@ -143,6 +143,11 @@ def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     for i, r in enumerate(rows, 1):
         if field not in r or not str(r[field]).strip():
             raise DataError(f"{path}: row {i} has no '{field}' text; set {where}.text_field to the prompt column")
+        for key in ("chosen_field", "rejected_field"):
+            col = getattr(spec, key)
+            if col and col not in r:
+                raise DataError(f"{path}: row {i} has no column '{col}' named by {where}.{key} "
+                                f"(columns: {', '.join(map(str, r))})")
         rec = {"text": str(r[field])}
         if spec.chosen_field:
             rec["human_chosen"] = r.get(spec.chosen_field)
@@ -163,6 +168,11 @@ def _load_hub(dataset_id: str, spec: PromptSetSpec, where: str) -> list[dict]:
     if HUB_LAYOUTS.get(dataset_id) == "pku" and not spec.text_field:
         return _pku_rows(ds)
     field = spec.text_field or "prompt"
+    for key in ("chosen_field", "rejected_field"):
+        col = getattr(spec, key)
+        if col and col not in ds.column_names:
+            raise DataError(f"{where}.{key}: hub dataset '{dataset_id}' has no column '{col}' "
+                            f"(columns: {', '.join(ds.column_names)})")
     if field not in ds.column_names:
         raise DataError(f"{where}: hub dataset '{dataset_id}' has no column '{field}' "
                         f"(columns: {', '.join(ds.column_names)}); set text_field")
@@ -230,10 +240,6 @@ def check_overlap(train: list[dict], evals: dict[str, list[dict]]) -> list[str]:
             if k in train_keys:
                 hits.append(f"{name}: {train_keys[k][:60]!r}")
     return hits
-
-
-def inputs_hash(cfg: StudyConfig) -> str:
-    return hash_obj({"prompts": cfg.prompts.model_dump(mode="json"), "seed": cfg.seed})
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from .config import StudyConfig, dump_config
-from .rundir import RunDir, read_json, write_text
+from .figures import save_png
+from .rundir import RunDir, atomic_open, read_json, write_text
 
 # How the paper groups the settings on its x-axis: pairs whose two sides come from different
 # sources ("multi-model") vs. pairs the target generates itself.
@@ -53,7 +54,10 @@ def _margins(rd: RunDir, setting: str) -> list[tuple[int, float]]:
         return []
     pts = []
     for line in f.read_text().splitlines():
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # metrics.jsonl is appended as training runs; a kill can tear its last line
         if "rewards/margins" in r:
             pts.append((r.get("step", len(pts)), r["rewards/margins"]))
     return pts
@@ -90,9 +94,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
     ax.set_title("Jailbreak ASR per preference-data setting (lower is safer; 95% Wilson CI)")
     fig.tight_layout()
     path = out / f"asr_{judge}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
@@ -111,9 +113,7 @@ def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "reward_margins.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _separability(rd: RunDir) -> dict[str, float]:
@@ -149,9 +149,7 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
     ax.set_title("Separability vs attack success rate")
     fig.tight_layout()
     path = out / "separability_vs_asr.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _ci(e: dict) -> str:
@@ -231,9 +229,8 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
         for w in probe.get("warnings", []):
             body += f"\n\n> warning: {w}"
         if (rd.path("probe", "layers.png")).exists():
-            import shutil
-
-            shutil.copy(rd.path("probe", "layers.png"), out / "probe_layers.png")
+            with atomic_open(out / "probe_layers.png", "wb") as f:
+                f.write(rd.path("probe", "layers.png").read_bytes())
             figs.append(out / "probe_layers.png")
             body += "\n\n![probe accuracy per layer](probe_layers.png)"
         if judges:

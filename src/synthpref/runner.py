@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from pathlib import Path
 from typing import Iterable
 
 from rich.console import Console
@@ -17,11 +18,12 @@ from rich.table import Table
 
 from . import __version__
 from .config import StudyConfig, dump_config
-from .rundir import RunDir, hash_obj, write_text
+from .prompts import source_kind
+from .rundir import RunDir, hash_obj, sha256_file, write_text
 
 # stage -> config sections it depends on (besides the stage before it)
 STAGES: dict[str, tuple[str, ...]] = {
-    "prompts": ("prompts", "seed"),
+    "prompts": ("prompts", "prompt_files", "seed"),
     "generate": ("models", "target", "roles", "generate", "pairs", "seed", "device"),
     "score": ("score",),
     "pairs": ("pairs", "score", "seed"),
@@ -32,8 +34,16 @@ STAGES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _prompt_file_hashes(cfg: StudyConfig) -> dict[str, str]:
+    """Contents of local prompt files: editing one must re-run the study from the prompts stage."""
+    specs = [cfg.prompts.train, *cfg.prompts.eval.values(), *([cfg.prompts.benign] if cfg.prompts.benign else [])]
+    return {s.source: sha256_file(s.source) for s in specs
+            if source_kind(s.source) == "file" and Path(s.source).is_file()}
+
+
 def stage_hashes(cfg: StudyConfig) -> dict[str, str]:
     data = cfg.model_dump(mode="json")
+    data["prompt_files"] = _prompt_file_hashes(cfg)
     out, prev = {}, __version__
     for stage, keys in STAGES.items():
         prev = hash_obj({"prev": prev, **{k: data.get(k) for k in keys}})

@@ -46,7 +46,7 @@ def record(res: ScoreResult, scorer: Scorer, **fields) -> dict:
 
 
 def inputs_hash(scorer: Scorer, items: Iterable[ScoreItem]) -> str:
-    return hash_obj({"spec": scorer.spec.model_dump(mode="json"), "version": scorer.version,
+    return hash_obj({**scorer.identity(),
                      "items": [(it.key, stable_id(it.prompt, it.response)) for it in items]})
 
 
@@ -130,7 +130,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     device = pick_device(cfg.device)
     out = rd.stage("score")
     summary = {}
-    for name in cfg.score.scorers:
+    for name, spec in cfg.score.scorers.items():
+        if not spec.score_training and name != cfg.score.reward:
+            continue
         scorer = make_scorer(name, cfg, device)
         writer = RecordWriter(out / f"{name}.jsonl", key="response_id", inputs_hash=inputs_hash(scorer, items))
         try:

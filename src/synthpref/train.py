@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from .config import ModelSpec, StudyConfig, dump_config
+from .pairs import pairs_path
 from .errors import AssetError, ConfigError, DataError, SynthprefError, did_you_mean
 from .rundir import RunDir, hash_obj, read_json, read_jsonl, sha256_file, write_json, write_text
 
@@ -52,13 +53,9 @@ def trained_model_dir(rd: RunDir, setting: str) -> Path:
     return rd.path("train", setting, "model")
 
 
-def pairs_path(rd: RunDir, setting: str) -> Path:
-    return rd.path("pairs", f"{setting}.jsonl")
-
-
 def settings_to_train(cfg: StudyConfig, rd: RunDir) -> list[str]:
     """The configured settings that have a pairs file (a setting can legitimately yield none)."""
-    return [s for s in cfg.pairs.settings if pairs_path(rd, s).exists()]
+    return [s for s in cfg.pairs.settings if pairs_path(rd, s).exists() and pairs_path(rd, s).stat().st_size > 0]
 
 
 # --------------------------------------------------------------------------- starting model
@@ -99,12 +96,20 @@ def _train_fields(cfg: StudyConfig) -> dict:
     return d
 
 
+# TrainConfig fields the SFT run uses (through _common_args); the rest are DPO-only.
+_SFT_SHARED_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio",
+                      "lr_scheduler_type", "gradient_checkpointing", "bf16")
+
+
 def sft_inputs_hash(cfg: StudyConfig) -> str:
     sft = cfg.train.sft
     data = sft.dataset or ""
     data_hash = sha256_file(data) if data and Path(data).is_file() else data
+    # Only what SFT reads: changing a DPO-only field (beta, loss, LoRA, ...) must not retrain SFT.
+    t = cfg.train
+    shared = {k: getattr(t, k) for k in _SFT_SHARED_FIELDS}
     return hash_obj({"version": TRAIN_VERSION, "stage": SFT_NAME, "sft": sft.model_dump(mode="json"),
-                     "train": _train_fields(cfg), "seed": cfg.seed, "data": data_hash,
+                     "train": shared, "seed": cfg.seed, "data": data_hash,
                      "base": base_model_spec(cfg).model_dump(mode="json")})
 
 
@@ -232,6 +237,9 @@ def _check_extra(extra: dict, config_cls) -> None:
             raise ConfigError(f"train.extra.{k}: not a trl.{config_cls.__name__} field{did_you_mean(k, fields)}")
         if k == "output_dir":
             raise ConfigError("train.extra.output_dir: set by synthpref (train/<setting>/checkpoints); remove it")
+        if k.endswith("token"):
+            # Config values are written to model cards and run files; secrets stay in the environment.
+            raise ConfigError(f"train.extra.{k}: secrets do not belong in the config; set HF_TOKEN in the environment")
 
 
 def _common_args(cfg: StudyConfig, device: str, output_dir: Path) -> dict:
@@ -661,7 +669,8 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
             from trl import DPOConfig
 
             _check_extra({k: None}, DPOConfig)
-    summary: dict[str, Any] = {"settings": {}, "use_lora": cfg.train.use_lora, "launcher": cfg.train.launcher}
+    summary: dict[str, Any] = {"settings": {}, "use_lora": cfg.train.use_lora, "launcher": cfg.train.launcher,
+                               "no_pairs": [s for s in cfg.pairs.settings if s not in settings]}
     if cfg.train.sft.enabled:
         if cfg.train.launcher == "accelerate":
             h = sft_inputs_hash(cfg)

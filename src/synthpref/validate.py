@@ -8,8 +8,6 @@ configs. Each problem is one line naming the field and the fix. Nothing is downl
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import ValidationError
 
 from .config import StudyConfig
@@ -72,8 +70,13 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
         p = check_reference(cfg.train.base_model)
         if p:
             add("train.base_model", p)
-    if cfg.train.accelerate_config and not Path(cfg.train.accelerate_config).exists():
-        add("train.accelerate_config", f"'{cfg.train.accelerate_config}' not found (shipped: configs/accelerate/*.yaml)")
+    if cfg.train.accelerate_config:
+        from .train import resolve_accelerate_config
+
+        try:
+            resolve_accelerate_config(cfg.train.accelerate_config)
+        except SynthprefError as e:
+            add("train.accelerate_config", str(e))
 
     for fmt in cfg.evaluate.safety.formats:
         try:

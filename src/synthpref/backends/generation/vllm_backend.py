@@ -38,6 +38,8 @@ def _engine_kwargs(spec: ModelSpec, o: "VLLMBackend.Options") -> dict:
         "dtype": "bfloat16" if spec.dtype == "auto" else spec.dtype,
         "trust_remote_code": spec.trust_remote_code, "revision": spec.revision,
         "gpu_memory_utilization": o.gpu_memory_utilization, "enforce_eager": o.enforce_eager, "seed": 0,
+        # vLLM's "auto" falls back to pickle (.bin/.pt) weights; only when the config allows it.
+        "load_format": "auto" if spec.allow_pickle else "safetensors",
     }
     if o.max_model_len:
         kw["max_model_len"] = o.max_model_len

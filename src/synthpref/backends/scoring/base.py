@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ...config import ScorerSpec, StudyConfig
+from ...config import ModelSpec, ScorerSpec, StudyConfig
 from ...errors import ConfigError, did_you_mean
 
 
@@ -63,6 +63,21 @@ class Scorer(ABC):
 
     def close(self) -> None:
         """Free the model (one model in memory at a time)."""
+
+    def identity(self) -> dict:
+        """What determines this scorer's outputs, for cache hashes: its spec (minus batch size,
+        which only changes speed), the resolved model spec (path, revision, backend options)
+        and the code version. A changed judge model therefore re-scores instead of reusing."""
+        model = scorer_model_spec(self.spec.model, self.cfg).model_dump(mode="json") if self.spec.model else None
+        return {"spec": self.spec.model_dump(mode="json", exclude={"batch_size"}), "model": model,
+                "version": self.version}
+
+
+def scorer_model_spec(ref: str, cfg) -> ModelSpec:
+    """The judge/RM model: a named entry of cfg.models, else an asset name, path or hub id."""
+    if cfg is not None and ref in cfg.models:
+        return cfg.models[ref]
+    return ModelSpec(path=ref)
 
 
 def scorer_spec(name: str, cfg: StudyConfig | None) -> ScorerSpec:

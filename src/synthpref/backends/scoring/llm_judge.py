@@ -24,7 +24,7 @@ from pydantic import Field
 from ...errors import ConfigError, DataError, did_you_mean
 from ...rundir import stable_id
 from .base import ScoreItem, ScoreResult, Scorer
-from .reward_model import scorer_model_spec
+from .base import scorer_model_spec
 
 JUDGE_VERSION = "judge-v1"
 
