@@ -44,6 +44,7 @@ def make(tmp: Path, tiny: Path, run: str = "run", **sampling):
         "models": {"tiny": {"path": str(tiny)},
                    "tiny_safe": {"path": str(tiny), "system_prompt": "Be safe."}},
         "target": "tiny", "roles": {"gpt4o": ["tiny_safe"]},
+        "pairs": {"settings": ["gpt4o_self", "self_rm"]},
         "prompts": {"train": {"source": "advbench"}},
         "generate": {"sampling": {"num_samples": 2, "max_new_tokens": 6, "batch_size": 2, **sampling},
                      "overrides": {"tiny_safe": {"num_samples": 0}}},

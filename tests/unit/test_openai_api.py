@@ -161,7 +161,7 @@ def test_stage_resume_does_not_re_request_done_records(server, tmp_path):
     cfg = parse_config({
         "name": "api", "seed": 3, "run_dir": str(tmp_path / "run"),
         "models": {"api": {"path": "gpt-test", "backend": "openai", "options": options(server, max_retries=1)}},
-        "target": "api", "prompts": {"train": {"source": "advbench"}},
+        "target": "api", "pairs": {"settings": ["self_rm"]}, "prompts": {"train": {"source": "advbench"}},
         "generate": {"sampling": {"num_samples": 2, "min_chars": 0}},
     })
     rd = RunDir(cfg.run_path).create()
@@ -185,7 +185,7 @@ def test_stage_resume_does_not_re_request_done_records(server, tmp_path):
 def test_runtime_options_do_not_invalidate_finished_records(server, tmp_path):
     def h(**opt):
         cfg = parse_config({"name": "api", "models": {"api": {"path": "gpt-test", "backend": "openai", "options": opt}},
-                            "target": "api", "prompts": {"train": {"source": "advbench"}}})
+                            "target": "api", "pairs": {"settings": ["self_rm"]}, "prompts": {"train": {"source": "advbench"}}})
         prompts = [{"prompt_id": "p1", "text": "x"}]
         return generate.model_inputs_hash(cfg, "api", prompts, generate.model_plan(cfg, "api"))
 
