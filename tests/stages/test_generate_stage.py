@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("SYNTHPREF_CACHE", "/tmp/spcache")
 
 from synthpref import generate  # noqa: E402
 from synthpref.backends.generation import GenerationBackend, GenResult  # noqa: E402

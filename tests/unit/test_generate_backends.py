@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("SYNTHPREF_CACHE", "/tmp/spcache")
 
 from synthpref.backends.generation import GenParams, GenRequest, get_backend_class  # noqa: E402
 from synthpref.chat import format_prompt, prompt_mode, prompt_token_ids  # noqa: E402
