@@ -313,6 +313,19 @@ class StudyConfig(Strict):
         return list(getattr(self.roles, role))
 
 
+# --------------------------------------------------------------------------- backend options
+def parse_options(options_cls: type[BaseModel], values: dict, where: str) -> BaseModel:
+    """Validate a backend's `options` dict; one-line ConfigError naming `where`.<key> and the fix."""
+    try:
+        return options_cls.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        fields = list(options_cls.model_fields)
+        hint = did_you_mean(key, fields) if err["type"] == "extra_forbidden" else f" ({err['msg']})"
+        raise ConfigError(f"{where}.{key}: invalid{hint} (valid options: {', '.join(fields)})") from None
+
+
 # --------------------------------------------------------------------------- loading
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")

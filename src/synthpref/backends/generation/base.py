@@ -6,10 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...config import ModelSpec
-from ...errors import ConfigError
+from ...config import ModelSpec, parse_options
 
 
 @dataclass(frozen=True)
@@ -51,14 +50,8 @@ class GenerationBackend(ABC):
     def __init__(self, spec: ModelSpec, device: str = "cpu", **kwargs):
         self.spec = spec
         self.device = device
-        try:
-            self.options = self.Options.model_validate(spec.options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            valid = ", ".join(self.Options.model_fields)
-            raise ConfigError(f"model '{spec.path}' (backend {spec.backend}): options.{where}: "
-                              f"{err['msg']} (valid options: {valid})") from None
+        self.options = parse_options(self.Options, spec.options,
+                                     f"model '{spec.path}' (backend {spec.backend}): options")
 
     @abstractmethod
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:

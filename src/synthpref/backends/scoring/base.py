@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from ...config import ModelSpec, ScorerSpec, StudyConfig
+from ...config import ModelSpec, ScorerSpec, StudyConfig, parse_options
 from ...errors import ConfigError, did_you_mean
 
 
@@ -48,14 +48,7 @@ class Scorer(ABC):
         self.spec = spec
         self.cfg = cfg
         self.device = device
-        try:
-            self.options = self.Options.model_validate(spec.options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            fields = list(self.Options.model_fields)
-            hint = did_you_mean(where, fields) if err["type"] == "extra_forbidden" else f" ({err['msg']})"
-            raise ConfigError(f"score.scorers.{name}.options.{where}: invalid{hint}") from None
+        self.options = parse_options(self.Options, spec.options, f"score.scorers.{name}.options")
 
     @abstractmethod
     def score(self, items: list[ScoreItem]) -> Iterator[ScoreResult]:
