@@ -52,7 +52,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
 
         resolve_settings(cfg)
     except SynthprefError as e:
-        add("pairs.settings", str(e))
+        problems.append(f"{source}: {e}")  # the message already names pairs.settings or the setting
 
     from .backends.scoring import get_scorer_class
 
