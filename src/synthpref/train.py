@@ -493,6 +493,22 @@ def _barrier() -> None:
 
 
 # --------------------------------------------------------------------------- SFT
+def _open_run(rd: RunDir, name: str, inputs_hash: str) -> tuple[Path, dict | None]:
+    """(train/<name>/, None) ready to train into, or (folder, done summary) when already trained
+    with these inputs. The main process clears stale state; every process waits for it."""
+    from .models import set_threads
+
+    out = rd.path("train", name)
+    if is_done(rd, name, inputs_hash):
+        return out, {**read_json(out / "done.json"), "skipped": True}
+    out.mkdir(parents=True, exist_ok=True)
+    if _is_main():
+        _prepare_dir(out, inputs_hash)
+    _barrier()
+    set_threads()
+    return out, None
+
+
 def train_sft(cfg: StudyConfig, rd: RunDir, *, _callbacks: list | None = None) -> dict:
     """Supervised fine-tuning of the base model on `train.sft.dataset` -> train/sft/model/.
 
@@ -502,18 +518,13 @@ def train_sft(cfg: StudyConfig, rd: RunDir, *, _callbacks: list | None = None) -
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from .models import free, set_threads
+    from .models import free
 
     inputs_hash = sft_inputs_hash(cfg)
-    out = rd.path("train", SFT_NAME)
-    if is_done(rd, SFT_NAME, inputs_hash):
-        return {**read_json(out / "done.json"), "skipped": True}
     t0 = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    if _is_main():
-        _prepare_dir(out, inputs_hash)
-    _barrier()
-    set_threads()
+    out, done = _open_run(rd, SFT_NAME, inputs_hash)
+    if done:
+        return done
     device = _device(cfg)
     spec = base_model_spec(cfg)
     tok = prepare_tokenizer(spec)
@@ -556,22 +567,17 @@ def train_setting(cfg: StudyConfig, rd: RunDir, setting: str, *, _callbacks: lis
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from .models import free, set_threads
+    from .models import free
 
     if setting == SFT_NAME:
         raise ConfigError(f"pairs.settings: '{SFT_NAME}' is reserved for the SFT model; rename that setting")
     if not pairs_path(rd, setting).exists():
         raise DataError(f"{pairs_path(rd, setting)}: file not found; run `synthpref pairs` first")
     inputs_hash = setting_inputs_hash(cfg, rd, setting)
-    out = rd.path("train", setting)
-    if is_done(rd, setting, inputs_hash):
-        return {**read_json(out / "done.json"), "skipped": True}
     t0 = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    if _is_main():
-        _prepare_dir(out, inputs_hash)
-    _barrier()
-    set_threads()
+    out, done = _open_run(rd, setting, inputs_hash)
+    if done:
+        return done
     device = _device(cfg)
     spec = start_model_spec(cfg, rd)
     tok = prepare_tokenizer(spec)

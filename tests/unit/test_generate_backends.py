@@ -26,18 +26,11 @@ def smol_tokenizer_dir() -> Path:
 
 def build_tiny_llama(out: Path) -> Path:
     """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer (and its ChatML template)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    from conftest import build_tiny_model
+
+    return build_tiny_model(out, tokenizer=AutoTokenizer.from_pretrained(smol_tokenizer_dir()))
 
 
 @pytest.fixture(scope="module")
