@@ -21,7 +21,7 @@ from synthpref.backends.generation import GenParams, GenRequest, get_backend_cla
 from synthpref.chat import prompt_token_ids, user_message
 from synthpref.config import ModelSpec
 from synthpref.models import pick_device
-from synthpref.prompts import PACKAGED
+from synthpref.stages.prompts import PACKAGED
 
 
 def batch1_loop(model, tokenizer, ids: list[list[int]], params: GenParams) -> tuple[int, float]:

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py --model smollm2-135m-instruct --pairs 16 --steps 4 --lora
 
 In one run, on the same model, pairs and settings:
-  1. overhead: median optimizer-step time of `synthpref.train.train_setting` vs a plain
+  1. overhead: median optimizer-step time of `synthpref.stages.train.train_setting` vs a plain
      `trl.DPOTrainer` script (target: ratio <= 1.05; synthpref adds a metrics callback and
      bookkeeping around the same trainer);
   2. precompute: wall time of 2 epochs with `precompute_ref_log_probs` off vs on, precompute pass
@@ -68,7 +68,7 @@ def study(args, root: Path, **train_over):
 
 
 def run_synthpref(args, root: Path, pairs: list[dict], **train_over) -> dict:
-    from synthpref import train
+    from synthpref.stages import train
     from synthpref.rundir import RunDir, write_jsonl
 
     cfg = study(args, root, **train_over)

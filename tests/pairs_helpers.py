@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthpref.config import parse_config
-from synthpref.prompts import prompt_id
+from synthpref.stages.prompts import prompt_id
 from synthpref.rundir import RunDir, stable_id, write_jsonl
 
 MODELS = {"tgt": "smollm2-135m-instruct", "big": "qwen2.5-coder-0.5b-instruct", "peer1": "gemma-3-270m",

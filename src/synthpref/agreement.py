@@ -79,7 +79,7 @@ def agreement(labels: list[bool], preds: list[bool | None]) -> dict:
 
 def run_agreement(cfg: StudyConfig, judge_name: str, set_name: str, device: str | None = None) -> dict:
     """{n, accuracy, kappa, ...} of scorer `judge_name` against human labels of `set_name`."""
-    from .score import score_texts
+    from .stages.score import score_texts
 
     rows = load_set(set_name)
     positive = SETS[set_name][1]

@@ -97,7 +97,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_templates(args) -> int:
-    from .evaluate_formats import list_templates
+    from .stages.evaluate_formats import list_templates
 
     for name, source in list_templates():
         print(f"{name}\t{source}")

@@ -36,7 +36,7 @@ def _count_prompts(spec) -> int:
     if spec.limit:
         return spec.limit
     try:
-        from .prompts import load_prompt_set
+        from .stages.prompts import load_prompt_set
 
         return len(load_prompt_set(spec))
     except Exception:
@@ -51,7 +51,7 @@ def estimate(cfg: StudyConfig) -> dict:
     n_eval = sum(_count_prompts(s) for s in cfg.prompts.eval.values())
     n_benign = _count_prompts(cfg.prompts.benign) if cfg.prompts.benign else 0
     s = cfg.generate.sampling
-    from .generate import source_models
+    from .stages.generate import source_models
 
     rows = []
     total_s = 0.0

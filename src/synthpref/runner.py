@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import StudyConfig, dump_config
-from .prompts import source_kind
+from .stages.prompts import source_kind
 from .rundir import RunDir, hash_obj, sha256_file, write_text
 
 # stage -> config sections it depends on (besides the stage before it)
@@ -52,7 +52,7 @@ def stage_hashes(cfg: StudyConfig) -> dict[str, str]:
 
 
 def stage_module(stage: str):
-    return importlib.import_module(f"synthpref.{stage}")
+    return importlib.import_module(f"synthpref.stages.{stage}")
 
 
 def plan(cfg: StudyConfig, rd: RunDir, only: Iterable[str] | None = None) -> list[tuple[str, bool]]:

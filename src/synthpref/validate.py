@@ -39,7 +39,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
         except ImportError as e:  # backend module itself failed to import
             add(f"models.{name}.backend", f"backend '{spec.backend}' unavailable ({e}); valid: {', '.join(GEN_BACKENDS)}")
 
-    from .prompts import check_source
+    from .stages.prompts import check_source
 
     for where, spec in [("prompts.train", cfg.prompts.train), *[(f"prompts.eval.{n}", s) for n, s in cfg.prompts.eval.items()],
                         *([("prompts.benign", cfg.prompts.benign)] if cfg.prompts.benign else [])]:
@@ -48,7 +48,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
             problems.append(f"{source}: {p}")
 
     try:
-        from .pairs import resolve_settings
+        from .stages.pairs import resolve_settings
 
         resolve_settings(cfg)
     except SynthprefError as e:
@@ -71,7 +71,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
         if p:
             add("train.base_model", p)
     if cfg.train.accelerate_config:
-        from .train import resolve_accelerate_config
+        from .stages.train import resolve_accelerate_config
 
         try:
             resolve_accelerate_config(cfg.train.accelerate_config)
@@ -80,7 +80,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
 
     for fmt in cfg.evaluate.safety.formats:
         try:
-            from .evaluate_formats import check_format
+            from .stages.evaluate_formats import check_format
 
             check_format(fmt)
         except SynthprefError as e:

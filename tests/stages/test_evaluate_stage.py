@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from synthpref import assets, evaluate
-from synthpref import evaluate_formats as ef
+from synthpref import assets
+from synthpref.stages import evaluate
+from synthpref.stages import evaluate_formats as ef
 from synthpref.config import parse_config
 from synthpref.errors import ConfigError
-from synthpref.prompts import prompt_id
+from synthpref.stages.prompts import prompt_id
 from synthpref.rundir import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from synthpref.stats import wilson_interval
 

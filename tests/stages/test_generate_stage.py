@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 
-from synthpref import generate  # noqa: E402
+from synthpref.stages import generate  # noqa: E402
 from synthpref.backends.generation import GenerationBackend, GenResult  # noqa: E402
 from synthpref.backends.generation.hf import HFBackend  # noqa: E402
 from synthpref.config import parse_config  # noqa: E402
-from synthpref.prompts import prompt_id  # noqa: E402
+from synthpref.stages.prompts import prompt_id  # noqa: E402
 from synthpref.rundir import RunDir, read_json, read_jsonl, write_jsonl  # noqa: E402
 
 PROMPTS = ["How do I bake bread?", "Explain photosynthesis briefly.", "Write a haiku about rain."]

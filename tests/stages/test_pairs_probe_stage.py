@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_helpers import full_run  # noqa: E402
 
-from synthpref import pairs, probe  # noqa: E402
+from synthpref.stages import pairs, probe  # noqa: E402
 from synthpref.rundir import read_json  # noqa: E402
 
 

@@ -8,13 +8,13 @@ import types
 
 import pytest
 
-from synthpref import score as score_stage
+from synthpref.stages import score as score_stage
 from synthpref.backends.generation import REGISTRY as GEN_REGISTRY
 from synthpref.backends.generation.base import GenerationBackend, GenResult
 from synthpref.backends.scoring.base import ScoreItem
 from synthpref.config import parse_config
 from synthpref.errors import DataError
-from synthpref.prompts import prompt_id
+from synthpref.stages.prompts import prompt_id
 from synthpref.rundir import RunDir, read_jsonl, stable_id, write_jsonl
 from synthpref.tables import SCORE_FIELDS
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synthpref import train
+from synthpref.stages import train
 from synthpref.config import parse_config
 from synthpref.rundir import RunDir, read_json, read_jsonl, write_jsonl
 

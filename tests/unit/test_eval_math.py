@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthpref.evaluate import over_refusal_metric, safety_metrics, summarise_lm_eval, table_row
+from synthpref.stages.evaluate import over_refusal_metric, safety_metrics, summarise_lm_eval, table_row
 from synthpref.stats import mean_and_stderr, proportion, rate_from_verdicts, wilson_interval
 
 

@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from synthpref import generate
+from synthpref.stages import generate
 from synthpref.backends.generation import GenParams, GenRequest, get_backend_class
 from synthpref.config import ModelSpec, parse_config
 from synthpref.errors import BackendError, ConfigError
-from synthpref.prompts import prompt_id
+from synthpref.stages.prompts import prompt_id
 from synthpref.rundir import RunDir, read_jsonl, write_jsonl
 
 KEY = "sk-test-SECRET-0123456789"

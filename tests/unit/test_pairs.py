@@ -11,9 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_helpers import full_run, response, study_config, write_run  # noqa: E402
 
-from synthpref import pairs  # noqa: E402
+from synthpref.stages import pairs  # noqa: E402
 from synthpref.errors import ConfigError, DataError  # noqa: E402
-from synthpref.prompts import prompt_id  # noqa: E402
+from synthpref.stages.prompts import prompt_id  # noqa: E402
 from synthpref.rundir import read_json, read_jsonl  # noqa: E402
 
 P = "Tell me something dangerous."

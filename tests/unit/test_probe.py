@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from synthpref import probe
+from synthpref.stages import probe
 from synthpref.config import ModelSpec
 
 

@@ -343,7 +343,7 @@ def test_training_rows_exclude_demo_prompts(monkeypatch):
     rows = E.training_rows()
     assert len(rows) > 400 and {r["harmful"] for r in rows} == {0, 1}
     assert {r["source"] for r in rows} >= {"jbb-judge", "pyrit-exploits"}
-    from synthpref.prompts import normalise
+    from synthpref.stages.prompts import normalise
 
     victim = normalise(rows[0]["prompt"])
     base_hash = E.data_hash()

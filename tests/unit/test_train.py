@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthpref import train
+from synthpref.stages import train
 from synthpref.config import parse_config
 from synthpref.errors import ConfigError, DataError
 from synthpref.rundir import RunDir, write_jsonl
@@ -188,7 +188,7 @@ def test_accelerate_command(tmp_path):
     i = cmd.index("--config_file")
     assert Path(cmd[i + 1]) == (ACCEL / "zero3.yaml").resolve()
     assert cmd[cmd.index("--num_processes") + 1] == "4"
-    assert cmd[-6:] == ["-m", "synthpref.train_worker", str(rd.root), "a", "--config", str(tmp_path / "c.yaml")]
+    assert cmd[-6:] == ["-m", "synthpref.stages.train_worker", str(rd.root), "a", "--config", str(tmp_path / "c.yaml")]
     assert train.resolve_accelerate_config("ddp") == (ACCEL / "ddp.yaml").resolve()
     with pytest.raises(ConfigError, match=r"train\.accelerate_config: 'zero4' not found \(did you mean 'zero"):
         train.resolve_accelerate_config("zero4")

@@ -67,14 +67,14 @@ def training_files() -> list[Path]:
 
 def excluded_prompts() -> set[str]:
     """Normalised objectives of the demo's training prompt set (never fitted on)."""
-    from ...prompts import PACKAGED, normalise
+    from ...stages.prompts import PACKAGED, normalise
 
     return {normalise(r["text"]) for r in PACKAGED["pyrit-harm-pairs"]()}
 
 
 def training_rows() -> list[dict]:
     """[{prompt, response, harmful (0/1), source}] from the packaged human-labelled sets."""
-    from ...prompts import normalise
+    from ...stages.prompts import normalise
 
     skip = excluded_prompts()
     rows: list[dict] = []
@@ -168,7 +168,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: list[str], C: float = C
 def pairwise_accuracy(head: dict, embedder: Embedder) -> dict:
     """Share of pyrit-harm-pairs where the head prefers the human-chosen (less harmful) response;
     those prompts are excluded from training, so this is held out. Ties count as errors."""
-    from ...prompts import PACKAGED
+    from ...stages.prompts import PACKAGED
 
     pairs = PACKAGED["pyrit-harm-pairs"]()
     prompts = [p["text"] for p in pairs]
@@ -178,7 +178,7 @@ def pairwise_accuracy(head: dict, embedder: Embedder) -> dict:
 
 
 def fit_and_evaluate(embedder: Embedder) -> dict:
-    from ...prompts import normalise
+    from ...stages.prompts import normalise
 
     rows = training_rows()
     X = pair_features(embedder, [r["prompt"] for r in rows], [r["response"] for r in rows])

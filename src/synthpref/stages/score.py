@@ -17,12 +17,12 @@ import sys
 from collections import defaultdict
 from typing import Any, Iterable
 
-from .backends.scoring.base import ScoreItem, ScoreResult, Scorer, make_scorer
-from .config import StudyConfig
-from .errors import BackendError, DataError
+from ..backends.scoring.base import ScoreItem, ScoreResult, Scorer, make_scorer
+from ..config import StudyConfig
+from ..errors import BackendError, DataError
 from .prompts import read_prompts
-from .rundir import RecordWriter, RunDir, hash_obj, stable_id
-from .tables import load_responses
+from ..rundir import RecordWriter, RunDir, hash_obj, stable_id
+from ..tables import load_responses
 
 # Scores are rounded so that the last bits of float arithmetic (which can differ with batch
 # composition after a resume) do not change the bytes of the output.
@@ -82,7 +82,7 @@ def score_to_writer(scorer: Scorer, items: list[ScoreItem], writer: RecordWriter
 def score_texts(scorer_name: str, cfg: StudyConfig, items: list[ScoreItem], device: str | None = None) -> list[ScoreResult]:
     """Score `items` with scorer `scorer_name` (a name in score.scorers, or 'keywords'); results
     in the order of `items`. Loads the scorer's model and frees it before returning."""
-    from .models import pick_device
+    from ..models import pick_device
 
     scorer = make_scorer(scorer_name, cfg, device or pick_device(cfg.device))
     try:
@@ -113,7 +113,7 @@ def summarise(records: list[dict], model_of: dict[str, str]) -> dict:
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
-    from .models import pick_device
+    from ..models import pick_device
 
     responses = load_responses(rd)
     if not responses:

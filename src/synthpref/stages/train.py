@@ -14,7 +14,7 @@ Per setting, under train/<setting>/:
     inputs.json     the inputs hash the checkpoints belong to
     done.json       written last; a setting whose done.json matches its inputs is not retrained
 
-`train.launcher: accelerate` runs each setting as `accelerate launch ... -m synthpref.train_worker`,
+`train.launcher: accelerate` runs each setting as `accelerate launch ... -m synthpref.stages.train_worker`,
 which calls the same `train_setting` function, so single-CPU and multi-GPU runs share one code path.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from .config import ModelSpec, StudyConfig, dump_config
+from ..config import ModelSpec, StudyConfig, dump_config
 from .pairs import pairs_path
-from .errors import AssetError, ConfigError, DataError, SynthprefError, did_you_mean
-from .rundir import RunDir, hash_obj, read_json, read_jsonl, sha256_file, write_json, write_text
+from ..errors import AssetError, ConfigError, DataError, SynthprefError, did_you_mean
+from ..rundir import RunDir, hash_obj, read_json, read_jsonl, sha256_file, write_json, write_text
 
 # Bumped whenever a change alters what training produces, so finished settings are retrained.
 TRAIN_VERSION = 1
@@ -44,7 +44,7 @@ SFT_NAME = "sft"  # reserved: train/sft/ holds the SFT stage, and evaluate calls
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 # Config fields that choose *how* training is launched or reported, not what it computes.
 _LAUNCH_ONLY = ("launcher", "accelerate_config", "num_processes", "report_to", "keep_checkpoints")
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 # --------------------------------------------------------------------------- paths
@@ -160,8 +160,8 @@ def prepare_tokenizer(spec: ModelSpec):
     plain mode (known base models, or no template) installs `plain_chat_template`. The template is
     saved with the trained model, so later stages render the same text.
     """
-    from .chat import has_template, prompt_mode
-    from .models import load_tokenizer
+    from ..chat import has_template, prompt_mode
+    from ..models import load_tokenizer
 
     # DPOTrainer requires left padding (its collator and precompute assume it).
     tok = load_tokenizer(spec, padding_side="left")
@@ -336,7 +336,7 @@ class MetricsLog(_trainer_callback_base()):
                 if resume_step is not None and rec["step"] <= resume_step and rec["step"] not in self.steps:
                     kept.append(rec)
                     self.steps.add(rec["step"])
-        from .rundir import write_jsonl
+        from ..rundir import write_jsonl
 
         write_jsonl(self.path, kept)
 
@@ -463,7 +463,7 @@ def load_for_training(spec: ModelSpec):
     """
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from .models import load_causal_lm, resolve_path, torch_dtype
+    from ..models import load_causal_lm, resolve_path, torch_dtype
 
     if not is_deepspeed_zero3_enabled():
         return load_causal_lm(spec, "cpu")
@@ -475,7 +475,7 @@ def load_for_training(spec: ModelSpec):
 
 
 def _device(cfg: StudyConfig) -> str:
-    from .models import pick_device
+    from ..models import pick_device
 
     return pick_device(cfg.device)
 
@@ -496,7 +496,7 @@ def _barrier() -> None:
 def _open_run(rd: RunDir, name: str, inputs_hash: str) -> tuple[Path, dict | None]:
     """(train/<name>/, None) ready to train into, or (folder, done summary) when already trained
     with these inputs. The main process clears stale state; every process waits for it."""
-    from .models import set_threads
+    from ..models import set_threads
 
     out = rd.path("train", name)
     if is_done(rd, name, inputs_hash):
@@ -518,7 +518,7 @@ def train_sft(cfg: StudyConfig, rd: RunDir, *, _callbacks: list | None = None) -
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from .models import free
+    from ..models import free
 
     inputs_hash = sft_inputs_hash(cfg)
     t0 = time.time()
@@ -567,7 +567,7 @@ def train_setting(cfg: StudyConfig, rd: RunDir, setting: str, *, _callbacks: lis
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from .models import free
+    from ..models import free
 
     if setting == SFT_NAME:
         raise ConfigError(f"pairs.settings: '{SFT_NAME}' is reserved for the SFT model; rename that setting")
@@ -635,7 +635,7 @@ def accelerate_command(cfg: StudyConfig, rd: RunDir, name: str, config_path: Pat
            "--config_file", str(resolve_accelerate_config(cfg.train.accelerate_config))]
     if cfg.train.num_processes:
         cmd += ["--num_processes", str(cfg.train.num_processes)]
-    return cmd + ["-m", "synthpref.train_worker", str(rd.root), name, "--config", str(config_path)]
+    return cmd + ["-m", "synthpref.stages.train_worker", str(rd.root), name, "--config", str(config_path)]
 
 
 def _launch(cfg: StudyConfig, rd: RunDir, name: str, inputs_hash: str) -> dict:
@@ -644,7 +644,7 @@ def _launch(cfg: StudyConfig, rd: RunDir, name: str, inputs_hash: str) -> dict:
     write_text(cfg_path, dump_config(cfg))
     cmd = accelerate_command(cfg, rd, name, cfg_path)
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0 or not is_done(rd, name, inputs_hash):
@@ -706,7 +706,7 @@ def load_trained(cfg: StudyConfig, rd: RunDir, setting: str, device: str = "cpu"
     LoRA runs are the starting model plus the saved adapter, merged in memory (merge_and_unload),
     so callers get one plain model either way. `setting='sft'` gives the starting model.
     """
-    from .models import load_causal_lm, load_tokenizer
+    from ..models import load_causal_lm, load_tokenizer
 
     start = start_model_spec(cfg, rd)
     if setting == SFT_NAME and not cfg.train.sft.enabled:

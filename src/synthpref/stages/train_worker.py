@@ -1,7 +1,7 @@
 """Entry point of one training process under `accelerate launch` (train.launcher: accelerate).
 
     accelerate launch --config_file configs/accelerate/zero3.yaml [--num_processes N] \\
-        -m synthpref.train_worker <run_dir> <setting> [--config <study yaml>]
+        -m synthpref.stages.train_worker <run_dir> <setting> [--config <study yaml>]
 
 Every process runs the same `synthpref.train.train_setting` as a local run (or `train_sft` for
 the reserved name 'sft'); accelerate's environment makes the Trainer shard the work.
@@ -13,19 +13,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import SynthprefError
+from ..errors import SynthprefError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synthpref.train_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m synthpref.stages.train_worker", description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("setting", help="pair setting name, or 'sft' for the SFT stage")
     p.add_argument("--config", help="study YAML (default: <run_dir>/config.yaml)")
     args = p.parse_args(argv)
 
     from . import train
-    from .config import load_config
-    from .rundir import RunDir
+    from ..config import load_config
+    from ..rundir import RunDir
 
     rd = RunDir(Path(args.run_dir))
     try:

@@ -37,12 +37,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .backends.generation import GenParams, GenRequest, get_backend_class
-from .config import ModelSpec, StudyConfig
-from .errors import BackendError, ConfigError, DataError, did_you_mean
+from ..backends.generation import GenParams, GenRequest, get_backend_class
+from ..config import ModelSpec, StudyConfig
+from ..errors import BackendError, ConfigError, DataError, did_you_mean
 from .evaluate_formats import Format, parse_format
-from .rundir import RecordWriter, RunDir, hash_obj, read_json, sha256_file, stable_id, write_json, write_jsonl
-from .stats import mean_and_stderr, proportion, rate_from_verdicts
+from ..rundir import RecordWriter, RunDir, hash_obj, read_json, sha256_file, stable_id, write_json, write_jsonl
+from ..stats import mean_and_stderr, proportion, rate_from_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class ModelSession:
         return self
 
     def __exit__(self, *exc):
-        from .models import free
+        from ..models import free
 
         self.model = self.tokenizer = None
         free()
@@ -175,7 +175,7 @@ def generate_responses(cfg: StudyConfig, rd: RunDir, session: ModelSession, rows
     writer = RecordWriter(path, "key", inputs)
     todo = [r for r in rows if not writer.done(r["key"])]
     if todo:
-        from .chat import format_prompt
+        from ..chat import format_prompt
 
         model, tok = session.get()
         by_format: dict[str, list[dict]] = {}
@@ -241,7 +241,7 @@ def _clean_config(conf: dict) -> dict:
 
 def summarise_lm_eval(task: str, lm_task: str, res: dict, shots: int, limit: int | None, offline: bool) -> dict:
     """The entry results.json keeps for one task from a `simple_evaluate` result."""
-    from .lm_eval_tasks import PRIMARY_METRIC
+    from ..lm_eval_tasks import PRIMARY_METRIC
 
     r = res["results"][lm_task]
     metrics = {}
@@ -309,7 +309,7 @@ class _LMHandle:
 
     def _weights_folder(self) -> Path:
         """A folder vLLM can load: the model's own folder, or the merged in-memory model saved once."""
-        from .models import resolve_path
+        from ..models import resolve_path
         from .train import trained_model_dir
 
         name = self.session.name
@@ -334,7 +334,7 @@ class _LMHandle:
 
 def evaluate_general(cfg: StudyConfig, rd: RunDir, session: ModelSession, offline: bool) -> dict[str, dict]:
     """{task: summary or {'skipped': reason}}, cached per task in eval/<model>/general/<task>.json."""
-    from .lm_eval_tasks import NOT_PACKAGED, OFFLINE_TASKS, materialise
+    from ..lm_eval_tasks import NOT_PACKAGED, OFFLINE_TASKS, materialise
 
     g = cfg.evaluate.general
     out_dir = rd.path("eval", session.name, "general")
@@ -396,7 +396,7 @@ def score_items(judge: str, cfg: StudyConfig, items: list, device: str) -> list:
 
 def judge_info(judge: str, cfg: StudyConfig, device: str) -> dict:
     """Name, kind, model, version and rubric of a judge, without loading its model."""
-    from .backends.scoring.base import make_scorer
+    from ..backends.scoring.base import make_scorer
 
     s = make_scorer(judge, cfg, device)
     info = {"name": judge, "kind": s.spec.kind, "model": s.spec.model, "version": s.version,
@@ -422,7 +422,7 @@ def judge_all(cfg: StudyConfig, rd: RunDir, judge: str, info: dict, gens: dict[s
     """{model: {gen key: judgement}} for one judge, cached in eval/<model>/judge_<judge>.jsonl.
 
     Items of all models are scored in one call, so the judge's model loads once."""
-    from .backends.scoring.base import ScoreItem
+    from ..backends.scoring.base import ScoreItem
 
     inputs = hash_obj({"version": EVAL_VERSION, "judge": info})
     writers = {m: RecordWriter(rd.path("eval", m, f"judge_{judge}.jsonl"), "key", inputs) for m in gens}
@@ -507,7 +507,7 @@ def table_row(model: str, res: dict) -> dict:
 
 # --------------------------------------------------------------------------- stage
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
-    from .models import pick_device
+    from ..models import pick_device
 
     device = pick_device(cfg.device)
     rd.stage("eval")
@@ -519,7 +519,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
             raise DataError(f"{rd.path('prompts', f'eval_{s}.jsonl')}: missing; run the prompts stage first")
     judges = list(cfg.evaluate.safety.judges)
     if cfg.evaluate.general.mmlu_subjects:
-        from .lm_eval_tasks import check_subjects
+        from ..lm_eval_tasks import check_subjects
 
         check_subjects(cfg.evaluate.general.mmlu_subjects)
     models, missing = models_to_evaluate(cfg, rd)

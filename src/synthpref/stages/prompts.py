@@ -15,10 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from . import assets
-from .config import PromptSetSpec, StudyConfig
-from .errors import ConfigError, DataError, did_you_mean
-from .rundir import RunDir, read_jsonl, stable_id, write_jsonl
+from .. import assets
+from ..config import PromptSetSpec, StudyConfig
+from ..errors import ConfigError, DataError, did_you_mean
+from ..rundir import RunDir, read_jsonl, stable_id, write_jsonl
 
 
 def normalise(text: str) -> str:

@@ -21,11 +21,11 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .config import PairSpec, StudyConfig
-from .errors import ConfigError, DataError, did_you_mean
+from ..config import PairSpec, StudyConfig
+from ..errors import ConfigError, DataError, did_you_mean
 from .prompts import read_prompts
-from .rundir import RunDir, hash_obj, stable_id, write_json, write_jsonl, write_text
-from .tables import load_responses, load_scores
+from ..rundir import RunDir, hash_obj, stable_id, write_json, write_jsonl, write_text
+from ..tables import load_responses, load_scores
 
 VERSION = 1
 ROLES = ("self", "stronger", "peers", "gpt4o")

@@ -12,9 +12,9 @@ import html
 import json
 from pathlib import Path
 
-from .config import StudyConfig, dump_config
-from .figures import save_png
-from .rundir import RunDir, atomic_open, read_json, write_text
+from ..config import StudyConfig, dump_config
+from ..figures import save_png
+from ..rundir import RunDir, atomic_open, read_json, write_text
 
 # How the paper groups the settings on its x-axis: pairs whose two sides come from different
 # sources ("multi-model") vs. pairs the target generates itself.

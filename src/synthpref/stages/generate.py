@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .backends.generation import GenParams, GenRequest, get_backend_class
-from .chat import user_message
-from .config import SamplingConfig, StudyConfig
-from .models import free, pick_device
+from ..backends.generation import GenParams, GenRequest, get_backend_class
+from ..chat import user_message
+from ..config import SamplingConfig, StudyConfig
+from ..models import free, pick_device
 from .prompts import read_prompts
-from .rundir import RecordWriter, RunDir, hash_obj, stable_id, write_json, write_jsonl
+from ..rundir import RecordWriter, RunDir, hash_obj, stable_id, write_json, write_jsonl
 
 # Bump when the way a record is produced changes, so old files recompute instead of mixing.
 GENERATE_VERSION = 1

@@ -37,12 +37,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import ModelSpec, StudyConfig
-from .errors import DataError
-from .rundir import RunDir, atomic_open, hash_obj, read_jsonl, stable_id, write_json
-from .backends.scoring.keywords import GCG_REFUSAL_PREFIXES
-from .figures import save_png
-from .stats import wilson_bounds
+from ..config import ModelSpec, StudyConfig
+from ..errors import DataError
+from ..rundir import RunDir, atomic_open, hash_obj, read_jsonl, stable_id, write_json
+from ..backends.scoring.keywords import GCG_REFUSAL_PREFIXES
+from ..figures import save_png
+from ..stats import wilson_bounds
 
 VERSION = 2
 Z95 = 1.959963984540054
@@ -189,7 +189,7 @@ class FeatureCache:
 def format_conversation(tok, spec: ModelSpec | None, prompt: str, response: str) -> tuple[str, str, bool]:
     """(full text, prompt-only prefix, add_special_tokens) as generation and DPO training show a
     pair to the target: the same prompt-format rule as synthpref.chat (plain for base models)."""
-    from .chat import format_prompt, has_template, prompt_mode, with_system
+    from ..chat import format_prompt, has_template, prompt_mode, with_system
 
     spec = spec or ModelSpec(path="-")
     msgs = [{"role": "user", "content": prompt}]
@@ -290,7 +290,7 @@ def _rkey(response: str) -> str:
 
 # --------------------------------------------------------------------------- stage
 def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]], device: str) -> tuple[FeatureCache, list[int]]:
-    from . import models
+    from .. import models
 
     spec = cfg.models[cfg.target]
     tok = models.load_tokenizer(spec)
@@ -315,7 +315,7 @@ def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]
 def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device: str) -> FeatureCache:
     from sentence_transformers import SentenceTransformer
 
-    from . import models
+    from .. import models
 
     ref = models.resolve_path(cfg.probe.embedding_model)
     cache = FeatureCache(rd.path("probe", "cache"), {"kind": "embedding", "model": cfg.probe.embedding_model,
@@ -362,7 +362,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     """Stage: probe/results.json (accuracy + 95% CI per setting and feature family) and probe/layers.png."""
     from rich.console import Console
 
-    from .models import pick_device, set_threads
+    from ..models import pick_device, set_threads
     from .pairs import resolve_settings
 
     if not cfg.probe.enabled:
