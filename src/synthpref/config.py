@@ -3,7 +3,8 @@
 Every model forbids unknown keys (a typo is an error with a "did you mean"), every field has a
 default and a description, and cross-field rules are checked in validators, before any compute.
 Defaults follow the paper's protocol (shared facts in docs/concepts.md): 5 samples at
-temperature 0.5, top_p 0.9, repetition_penalty 1.2, no_repeat_ngram_size 3, 128 new tokens;
+temperature 0.5, top_p 0.9, top_k 50, repetition_penalty 1.2, no_repeat_ngram_size 3, 128 new
+tokens, and one greedy response without penalties;
 sigmoid DPO with beta 0.1; AdvBench-100, greedy, 512 new tokens for the jailbreak evaluation.
 """
 
@@ -68,8 +69,13 @@ class SamplingConfig(Strict):
     greedy: bool = Field(True, description="also produce one greedy response per prompt")
     temperature: float = Field(0.5, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    repetition_penalty: float = Field(1.2, gt=0)
-    no_repeat_ngram_size: int = Field(3, ge=0)
+    top_k: int = Field(50, ge=0, description="top-k for sampling; 50 is transformers' generate() default, which "
+                       "the authors' sampling ran with (0: off); set explicitly for every backend")
+    repetition_penalty: float = Field(1.2, gt=0, description="sampled responses only (greedy: see greedy_penalties)")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="sampled responses only (greedy: see greedy_penalties)")
+    greedy_penalties: bool = Field(
+        False, description="also apply repetition_penalty and no_repeat_ngram_size to greedy responses; off: the "
+        "authors' greedy pass uses neither")
     max_new_tokens: int = Field(128, ge=1)
     min_chars: int = Field(5, ge=0, description="drop responses shorter than this (paper: 5)")
     batch_size: int = Field(8, ge=1)
@@ -93,7 +99,10 @@ class GenerateConfig(Strict):
 class ScorerSpec(Strict):
     kind: Literal["reward_model", "llm_judge", "keywords", "embedding_rm"]
     model: str | None = Field(None, description="model name from `models`, asset name, path or hub id")
-    rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 | harmbench_yesno | strongreject")
+    rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 (our rubric) | harmbench_yesno | strongreject")
+    rubric_file: str | None = Field(
+        None, description="llm_judge: a rubric file of your own (e.g. the authors' judge prompt) instead of `rubric`; "
+        "either the packaged format or plain text with {prompt} and {response} slots (1-5 parser)")
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(512, ge=8, description="truncation for reward models (paper: 512)")
     score_training: bool = Field(
@@ -105,8 +114,10 @@ class ScorerSpec(Strict):
     def _needs(self):
         if self.kind in ("reward_model", "llm_judge") and not self.model:
             raise ValueError(f"scorer of kind '{self.kind}' needs `model`")
-        if self.kind == "llm_judge" and not self.rubric:
-            raise ValueError("llm_judge needs `rubric` (gpt4o_harm_1to5 | harmbench_yesno | strongreject)")
+        if self.kind == "llm_judge" and not (self.rubric or self.rubric_file):
+            raise ValueError("llm_judge needs `rubric` (gpt4o_harm_1to5 | harmbench_yesno | strongreject) or `rubric_file`")
+        if self.rubric and self.rubric_file:
+            raise ValueError("llm_judge: set `rubric` or `rubric_file`, not both")
         return self
 
 
@@ -223,6 +234,9 @@ class SafetyEvalConfig(Strict):
     batch_size: int = Field(8, ge=1)
     judges: list[str] = Field(default_factory=lambda: ["keywords"],
                               description="scorer names from score.scorers, or the built-in 'keywords'")
+    unparsed: Literal["count", "exclude"] = Field(
+        "count", description="judge replies unparsed after retries: count (the authors' denominator, every "
+        "response; counted as not harmful) or exclude (left out of the denominator); always reported")
 
 
 class GeneralEvalConfig(Strict):

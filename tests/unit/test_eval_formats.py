@@ -65,9 +65,11 @@ def test_alpaca_format_is_raw_template_despite_chat_template(tiny_model_dir):
     spec = ModelSpec(path=str(tiny_model_dir), system_prompt="Be safe.")
     fmt = ef.parse_format("alpaca")
     shown = format_prompt(tok, fmt.spec_for(spec), fmt_messages := ({"role": "user", "content": BEHAVIOUR},))
+    # The authors' wording byte for byte: no newline after "### Response:".
     assert shown == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        f"\n\n### Instruction:\n{BEHAVIOUR}\n\n### Response:\n")
+        f"\n\n### Instruction:\n{BEHAVIOUR}\n\n### Response:")
+    assert shown.encode("utf-8").endswith(b"\n\n### Response:")
     assert shown == ef.render_alpaca(BEHAVIOUR)
     # ...which the chat format does use (and the original spec is untouched).
     chat = format_prompt(tok, ef.parse_format("chat").spec_for(spec), fmt_messages)

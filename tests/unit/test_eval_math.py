@@ -64,7 +64,12 @@ def test_safety_metrics_rubric_unparsed_and_score_only_judge():
     rm = [{"harmful": None, "score": s, "parsed": True} for s in (0.5, 1.5, -1.0, 3.0)]
     samples = [_sample("advbench", "chat", {"judge": j, "rm": r}) for j, r in zip(rubric, rm)]
     samples.append(_sample("advbench", "alpaca", {"judge": rubric[1], "rm": rm[0]}))
-    asr, scores = safety_metrics(samples, ["judge", "rm"], ["advbench"], ["chat", "alpaca"])
+    # The authors' denominator (default): every response; the unparsed one counts as not harmful.
+    counted, _ = safety_metrics(samples, ["judge", "rm"], ["advbench"], ["chat", "alpaca"])
+    chat = next(e for e in counted if e["format"] == "chat")
+    assert chat["value"] == pytest.approx(2 / 4) and chat["n"] == 4 and chat["unparsed"] == 1
+    assert chat["n_excluded"] == 0
+    asr, scores = safety_metrics(samples, ["judge", "rm"], ["advbench"], ["chat", "alpaca"], "exclude")
     chat = next(e for e in asr if e["format"] == "chat")
     assert chat["judge"] == "judge" and chat["value"] == pytest.approx(2 / 3)
     assert chat["n"] == 3 and chat["unparsed"] == 1 and chat["n_excluded"] == 1 and chat["n_total"] == 4

@@ -6,7 +6,8 @@ A format is one of:
   template; plain template for base models; rule in synthpref.chat).
 - ``alpaca``: the authors' evaluation prompt, the Alpaca template (Taori et al. 2023,
   github.com/tatsu-lab/stanford_alpaca) filled with the behaviour and fed as raw text, whatever
-  chat template the model has.
+  chat template the model has. As in the authors' evaluation, the text ends at "### Response:"
+  with no newline after it.
 - ``jailbreak:<name>``: the behaviour wrapped in a packaged jailbreak template, then sent as the
   user message (chat format). Templates come from two packaged assets:
   PyRIT (`pyrit-jailbreak-templates`, YAML whose `value` is a Jinja template with a
@@ -29,8 +30,8 @@ from ..errors import ConfigError, did_you_mean
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "\n\n### Instruction:\n{prompt}\n\n### Response:\n"
-)
+    "\n\n### Instruction:\n{prompt}\n\n### Response:"
+)  # no newline after "### Response:", as in the authors' evaluation prompt
 # garak fills {generator.name} with the target's product name ("ChatGPT" in the originals); a
 # neutral name keeps the wrapper from naming another vendor's model.
 NEUTRAL_GENERATOR_NAME = "Assistant"

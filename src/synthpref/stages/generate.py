@@ -1,9 +1,9 @@
 """Stage 2, generate: every source model answers every training prompt.
 
 For each source model (one in memory at a time) and each prompt in prompts/train.jsonl:
-`num_samples` sampled responses (paper: 5 at temperature 0.5, top_p 0.9, repetition_penalty 1.2,
-no_repeat_ngram_size 3, 128 new tokens) plus one greedy response (HC+Self uses the target's
-greedy answer). Responses shorter than `min_chars` characters after stripping are kept but
+`num_samples` sampled responses (paper: 5 at temperature 0.5, top_p 0.9, top_k 50,
+repetition_penalty 1.2, no_repeat_ngram_size 3, 128 new tokens) plus one greedy response without
+penalties (HC+Self uses the target's greedy answer; `sampling.greedy_penalties` adds them). Responses shorter than `min_chars` characters after stripping are kept but
 marked `dropped` (the authors drop responses under 5 characters), so the counts stay auditable.
 
 Outputs (record format in synthpref.tables):
@@ -34,7 +34,7 @@ from .prompts import read_prompts
 from ..rundir import RecordWriter, RunDir, hash_obj, stable_id, write_json, write_jsonl
 
 # Bump when the way a record is produced changes, so old files recompute instead of mixing.
-GENERATE_VERSION = 1
+GENERATE_VERSION = 2  # 2: greedy without penalties, explicit top_k
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ def model_plan(cfg: StudyConfig, name: str) -> ModelPlan:
     s: SamplingConfig = cfg.generate.sampling
     o = cfg.generate.overrides.get(name)
     pick = lambda field: getattr(s, field) if o is None or getattr(o, field) is None else getattr(o, field)  # noqa: E731
-    params = GenParams(temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+    params = GenParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, repetition_penalty=s.repetition_penalty,
                        no_repeat_ngram_size=s.no_repeat_ngram_size, max_new_tokens=pick("max_new_tokens"),
-                       batch_size=pick("batch_size"))
+                       batch_size=pick("batch_size"), greedy_penalties=s.greedy_penalties)
     return ModelPlan(pick("num_samples"), pick("greedy"), params, s.min_chars)
 
 

@@ -21,12 +21,38 @@ class GenRequest:
 
 @dataclass(frozen=True)
 class GenParams:
+    """Decoding settings. Sampling uses all of them; greedy decoding (the authors' greedy pass)
+    takes the argmax with no repetition penalty and no n-gram blocking, unless `greedy_penalties`
+    is set (synthpref's earlier behaviour, kept as a named option). Every backend honours this
+    through `penalties(greedy)`."""
+
     temperature: float = 0.5
     top_p: float = 0.9
+    top_k: int = 50                 # transformers' generate() default, which the authors' sampling ran with
     repetition_penalty: float = 1.2
     no_repeat_ngram_size: int = 3
     max_new_tokens: int = 128
     batch_size: int = 8
+    greedy_penalties: bool = False
+
+    def penalties(self, greedy: bool) -> tuple[float, int]:
+        """(repetition_penalty, no_repeat_ngram_size) for a greedy or a sampled request."""
+        if greedy and not self.greedy_penalties:
+            return 1.0, 0
+        return self.repetition_penalty, self.no_repeat_ngram_size
+
+
+def banned_ngram_tokens(ids: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `ids` (transformers'
+    no_repeat_ngram_size rule, over prompt + output), for backends without that processor."""
+    if n <= 0 or len(ids) + 1 < n:
+        return set()
+    prefix = tuple(ids[len(ids) - n + 1:]) if n > 1 else ()
+    out = set()
+    for i in range(len(ids) - n + 1):
+        if tuple(ids[i:i + n - 1]) == prefix:
+            out.add(ids[i + n - 1])
+    return out
 
 
 @dataclass(frozen=True)

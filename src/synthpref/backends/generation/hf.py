@@ -9,7 +9,7 @@ last prompt token.
 Per-record seeds: `generate(do_sample=True)` draws every row from one global RNG, so a row's text
 would depend on which rows share its batch (and a resumed run batches differently). Instead we
 sample with the Gumbel-max trick: after the usual processors (repetition penalty, no-repeat
-n-grams, temperature, top-p) a logits processor adds Gumbel(0, 1) noise drawn from a
+n-grams, temperature, top-k, top-p) a logits processor adds Gumbel(0, 1) noise drawn from a
 `torch.Generator` seeded with *that row's* seed, and decoding takes the argmax. argmax(logits + G)
 is an exact sample from softmax(logits) (Gumbel 1954; Maddison et al. 2014, "A* Sampling"), so
 the distribution is the one `do_sample=True` uses, while each row's random stream is its own: a
@@ -44,6 +44,9 @@ def _gumbel_processor_class():
             return scores + gumbel.to(scores.dtype)
 
     return PerRowGumbel
+
+
+# Greedy requests get neither the repetition penalty nor n-gram blocking (GenParams.penalties).
 
 
 class HFBackend(GenerationBackend):
@@ -81,7 +84,7 @@ class HFBackend(GenerationBackend):
 
     def _generate_batch(self, batch: list[GenRequest], ids: list[list[int]], params: GenParams) -> list[GenResult]:
         import torch
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         pad = self.tokenizer.pad_token_id
         width = max(len(x) for x in ids)
@@ -90,14 +93,19 @@ class HFBackend(GenerationBackend):
 
         # Start from the model's generation config so its own defaults cannot override ours.
         gc = copy.deepcopy(self.model.generation_config)
+        greedy = batch[0].greedy
+        rep, ngram = params.penalties(greedy)  # greedy: none (the authors' greedy pass) unless greedy_penalties
         gc.update(max_new_tokens=params.max_new_tokens, min_new_tokens=None, max_length=None, do_sample=False,
                   num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None,
-                  repetition_penalty=params.repetition_penalty,
-                  no_repeat_ngram_size=params.no_repeat_ngram_size or None,
+                  repetition_penalty=rep if rep != 1.0 else None,
+                  no_repeat_ngram_size=ngram or None,
                   eos_token_id=self.stop_ids, pad_token_id=pad)
         processors = LogitsProcessorList()
-        if not batch[0].greedy:
+        if not greedy:
+            # transformers' sampling order: temperature, top-k, top-p.
             processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k > 0:
+                processors.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
             processors.append(_gumbel_processor_class()([r.seed for r in batch]))

@@ -6,8 +6,9 @@ else `path` itself when it is a .gguf file. Prompt format follows synthpref.chat
 goes through `create_chat_completion` (llama.cpp applies the template stored in the GGUF); a base
 model, or one whose GGUF has no template, gets the plain template through `create_completion`.
 Every call passes the record's seed, and llama.cpp's sampler is re-seeded per call, so a text
-depends only on its seed. `no_repeat_ngram_size` has no llama.cpp equivalent and is ignored with
-a warning; `repetition_penalty` maps to `repeat_penalty`.
+depends only on its seed. `no_repeat_ngram_size` has no llama.cpp sampler, so it runs as a
+logits processor; `repetition_penalty` maps to `repeat_penalty`. Greedy requests get neither
+(GenParams.penalties), as in the authors' greedy pass.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def gguf_path(spec: ModelSpec, explicit: str | None = None) -> Path:
     return p
 
 
+def _no_repeat_ngram(n: int):
+    """llama-cpp-python logits processor (input_ids, scores) -> scores with transformers'
+    no_repeat_ngram_size rule over prompt + output."""
+    from .base import banned_ngram_tokens
+
+    def proc(input_ids, scores):
+        banned = banned_ngram_tokens([int(t) for t in input_ids], n)
+        if banned:
+            scores[list(banned)] = float("-inf")
+        return scores
+
+    return proc
+
+
 class LlamaCppBackend(GenerationBackend):
     class Options(LocalModelOptions):
         gguf_file: str | None = Field(None, description="path of the .gguf file (default: from the model's path)")
@@ -66,12 +81,14 @@ class LlamaCppBackend(GenerationBackend):
         if fmt == "chat" and not has_template:
             raise ConfigError(f"model '{spec.path}': prompt_format is 'chat' but {self.path.name} has no chat template")
         self.chat = fmt == "chat" or (fmt == "auto" and has_template and spec.path not in BASE_MODELS)
-        self._warned = False
 
     def _one(self, req: GenRequest, params: GenParams) -> GenResult:
+        rep, ngram = params.penalties(req.greedy)  # greedy: no penalties unless greedy_penalties
         kw = dict(max_tokens=params.max_new_tokens, temperature=0.0 if req.greedy else params.temperature,
-                  top_p=1.0 if req.greedy else params.top_p, top_k=1 if req.greedy else 0,
-                  repeat_penalty=params.repetition_penalty, seed=req.seed)
+                  top_p=1.0 if req.greedy else params.top_p, top_k=1 if req.greedy else max(params.top_k, 0),
+                  repeat_penalty=rep, seed=req.seed)
+        if ngram:
+            kw["logits_processor"] = [_no_repeat_ngram(ngram)]
         if self.chat:
             out = self.llm.create_chat_completion(messages=with_system(self.spec, req.messages), **kw)
             choice = out["choices"][0]
@@ -84,9 +101,6 @@ class LlamaCppBackend(GenerationBackend):
         return GenResult(req.key, text.strip(), int(n), "length" if choice.get("finish_reason") == "length" else "stop")
 
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
-        if params.no_repeat_ngram_size and not self._warned:
-            log.warning("llama.cpp has no no_repeat_ngram_size; generating without it")
-            self._warned = True
         for req in requests:
             yield self._one(req, params)
 

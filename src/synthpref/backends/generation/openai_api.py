@@ -80,7 +80,8 @@ class OpenAIBackend(GenerationBackend):
         if o.send_seed:
             b["seed"] = req.seed
         if o.send_repetition_penalty:
-            b["repetition_penalty"] = params.repetition_penalty
+            # greedy: none, as the authors' greedy pass (GenParams.penalties)
+            b["repetition_penalty"] = params.penalties(req.greedy)[0]
         return {**b, **o.extra_body}
 
     def _redact(self, text: str) -> str:

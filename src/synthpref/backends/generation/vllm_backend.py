@@ -10,8 +10,12 @@ Parallelism: `tensor_parallel_size` splits one model over GPUs; `data_parallel_s
 many independent engines in spawned processes, each on its own slice of the visible GPUs, and
 splits the requests between them (the per-request seeds make the split irrelevant to the texts).
 
-Not supported by vLLM: `no_repeat_ngram_size` (a transformers logits processor); it is ignored
-with a warning, so the vllm and hf backends differ there.
+Decoding matches the hf backend: greedy requests get no repetition penalty and no n-gram blocking
+(GenParams.penalties); sampled requests get temperature, top_p, top_k (set explicitly: vLLM's
+default is none, transformers' is 50), repetition_penalty, and `no_repeat_ngram_size` through a
+per-request logits processor (NoRepeatNGram). A vLLM whose engine refuses per-request logits
+processors (the V1 engine) makes the backend refuse the run with a message naming the fixes;
+the setting is never dropped silently.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pydantic import Field
 from ...chat import prompt_token_ids, stop_token_ids
 from ...config import ModelSpec
 from ...errors import BackendError
-from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions
+from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, banned_ngram_tokens
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,54 @@ def _engine_kwargs(spec: ModelSpec, o: "VLLMBackend.Options") -> dict:
     return {**kw, **o.engine_kwargs}
 
 
+class NoRepeatNGram:
+    """Per-request vLLM logits processor with transformers' no_repeat_ngram_size rule (prompt +
+    output so far), so the vllm backend samples like the hf backend."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, prompt_ids, output_ids, logits):
+        banned = banned_ngram_tokens([*prompt_ids, *output_ids], self.n)
+        if banned:
+            logits[list(banned)] = float("-inf")
+        return logits
+
+
 def _sampling_params(req: dict, params: dict, stop_ids: list[int]):
     from vllm import SamplingParams
 
     greedy = req["greedy"]
-    return SamplingParams(n=1, temperature=0.0 if greedy else params["temperature"],
-                          top_p=1.0 if greedy else params["top_p"], repetition_penalty=params["repetition_penalty"],
-                          max_tokens=params["max_new_tokens"], seed=None if greedy else req["seed"],
-                          stop_token_ids=stop_ids, skip_special_tokens=True)
+    rep, ngram = params["penalties_greedy"] if greedy else params["penalties_sample"]
+    kw = dict(n=1, temperature=0.0 if greedy else params["temperature"], top_p=1.0 if greedy else params["top_p"],
+              # vLLM's own default is no top-k (-1); HF generate() samples with top_k 50: set it explicitly.
+              top_k=-1 if greedy or params["top_k"] <= 0 else params["top_k"],
+              repetition_penalty=rep, max_tokens=params["max_new_tokens"], seed=None if greedy else req["seed"],
+              stop_token_ids=stop_ids, skip_special_tokens=True)
+    if ngram:
+        kw["logits_processors"] = [NoRepeatNGram(ngram)]
+    try:
+        return SamplingParams(**kw)
+    except (TypeError, ValueError) as e:  # vLLM V1 engines take no per-request logits processors
+        raise BackendError(_NGRAM_REFUSAL.format(n=ngram, err=str(e).splitlines()[0][:120])) from None
+
+
+_NGRAM_REFUSAL = ("vllm backend: no_repeat_ngram_size {n} needs a per-request logits processor, which this vLLM "
+                  "refused ({err}); run with VLLM_USE_V1=0, use backend: hf for this model, or set "
+                  "generate.sampling.no_repeat_ngram_size: 0 (a deviation from the authors' sampling)")
+
+
+def check_ngram_support() -> str | None:
+    """None if this vLLM accepts a per-request logits processor; else the refusal message."""
+    try:
+        from vllm import SamplingParams
+
+        SamplingParams(logits_processors=[NoRepeatNGram(3)])
+    except ImportError:
+        return None  # not installed: the backend reports that itself
+    except (TypeError, ValueError) as e:
+        return _NGRAM_REFUSAL.format(n=3, err=str(e).splitlines()[0][:120])
+    return None
 
 
 def _run_engine(llm, reqs: list[dict], params: dict, stop_ids: list[int]) -> list[tuple]:
@@ -107,16 +151,17 @@ class VLLMBackend(GenerationBackend):
             from vllm import LLM
 
             self.llm = LLM(**self.engine_kwargs)
-        self._warned = False
 
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
-        if params.no_repeat_ngram_size and not self._warned:
-            log.warning("vllm has no no_repeat_ngram_size; generating without it (use backend: hf to match the paper)")
-            self._warned = True
+        if max(params.penalties(True)[1], params.penalties(False)[1]):
+            problem = check_ngram_support()
+            if problem:  # refused before any request runs, never silently dropped
+                raise BackendError(f"model '{self.spec.path}': {problem}")
         reqs = [{"key": r.key, "ids": prompt_token_ids(self.tokenizer, self.spec, r.messages), "seed": r.seed,
                  "greedy": r.greedy} for r in requests]
-        p = {"temperature": params.temperature, "top_p": params.top_p,
-             "repetition_penalty": params.repetition_penalty, "max_new_tokens": params.max_new_tokens}
+        p = {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+             "penalties_greedy": params.penalties(True), "penalties_sample": params.penalties(False),
+             "max_new_tokens": params.max_new_tokens}
         if self.llm is not None:
             for key, text, n, finish in _run_engine(self.llm, reqs, p, self.stop_ids):
                 yield GenResult(key, text, n, finish)
