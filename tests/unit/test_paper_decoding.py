@@ -1,0 +1,179 @@
+"""The authors' decoding: greedy without penalties, sampling with the five controls and top_k 50,
+on every backend (hf for real on a tiny model; vllm and llama.cpp through their call arguments)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from synthpref.backends.generation import GenParams, GenRequest, get_backend_class
+from synthpref.backends.generation.base import banned_ngram_tokens
+from synthpref.config import ModelSpec
+from synthpref.errors import BackendError
+
+PAPER = GenParams(temperature=0.5, top_p=0.9, top_k=50, repetition_penalty=1.2, no_repeat_ngram_size=3,
+                  max_new_tokens=12, batch_size=4)
+
+
+def test_penalties_apply_to_sampling_only_unless_switched_on():
+    assert PAPER.penalties(greedy=True) == (1.0, 0)
+    assert PAPER.penalties(greedy=False) == (1.2, 3)
+    old = GenParams(greedy_penalties=True)
+    assert old.penalties(greedy=True) == (1.2, 3)
+
+
+def test_config_defaults_are_the_authors():
+    from synthpref.config import SamplingConfig
+
+    s = SamplingConfig()
+    assert (s.num_samples, s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.no_repeat_ngram_size,
+            s.max_new_tokens, s.greedy, s.greedy_penalties) == (5, 0.5, 0.9, 50, 1.2, 3, 128, True, False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_banned_ngrams_match_transformers(seed):
+    import random
+
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    rng = random.Random(seed)
+    for n in (1, 2, 3, 4):
+        ids = [rng.randrange(6) for _ in range(rng.randrange(1, 15))]
+        scores = torch.zeros(1, 6)
+        out = NoRepeatNGramLogitsProcessor(n)(torch.tensor([ids]), scores.clone())
+        want = {i for i in range(6) if out[0, i] == float("-inf")}
+        assert banned_ngram_tokens(ids, n) == want, (ids, n)
+
+
+# --------------------------------------------------------------------------- hf, for real
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from conftest import build_tiny_model
+
+    d = build_tiny_model(tmp_path_factory.mktemp("tiny-decoding"), seed=3)
+    b = get_backend_class("hf")(ModelSpec(path=str(d)), device="cpu")
+    yield b
+    b.close()
+
+
+def test_hf_greedy_is_plain_argmax_without_penalties(tiny):
+    """The backend's greedy text equals transformers' greedy decoding with no processors at all,
+    and differs from greedy decoding with the sampling penalties (which the old default applied)."""
+    import torch
+
+    req = GenRequest("g", ({"role": "user", "content": "the sea the sea the sea"},), seed=1, greedy=True)
+    ours = next(iter(tiny.generate([req], PAPER)))
+    ids = torch.tensor([tiny.encode(req)])
+
+    def decode(**kw):
+        with torch.inference_mode():
+            out = tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=PAPER.max_new_tokens, eos_token_id=tiny.stop_ids,
+                                      pad_token_id=tiny.tokenizer.pad_token_id, top_k=None, top_p=None,
+                                      temperature=None, **kw)
+        return out[0, ids.shape[1]:].tolist()
+
+    plain = decode()
+    assert tiny.tokenizer.decode(plain[:ours.n_tokens], skip_special_tokens=True).strip() == ours.text
+    penalised = decode(repetition_penalty=1.2, no_repeat_ngram_size=3)
+    old = next(iter(tiny.generate([req], GenParams(**{**PAPER.__dict__, "greedy_penalties": True}))))
+    assert tiny.tokenizer.decode(penalised[:old.n_tokens], skip_special_tokens=True).strip() == old.text
+    assert plain != penalised  # the switch matters on this prompt, so the test can tell them apart
+
+
+def test_hf_sampling_gets_top_k_and_penalties(tiny, monkeypatch):
+    seen = {}
+    orig = tiny.model.generate
+
+    def spy(**kw):
+        seen["gc"], seen["procs"] = kw["generation_config"], kw["logits_processor"]
+        return orig(**kw)
+
+    monkeypatch.setattr(tiny.model, "generate", spy)
+    req = GenRequest("s", ({"role": "user", "content": "hello"},), seed=5, greedy=False)
+    list(tiny.generate([req], PAPER))
+    names = [type(p).__name__ for p in seen["procs"]]
+    assert names[:3] == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
+    assert seen["procs"][1].top_k == 50
+    assert seen["gc"].repetition_penalty == 1.2 and seen["gc"].no_repeat_ngram_size == 3
+    req = GenRequest("g", ({"role": "user", "content": "hello"},), seed=5, greedy=True)
+    list(tiny.generate([req], PAPER))
+    assert not seen["procs"] and seen["gc"].repetition_penalty is None and seen["gc"].no_repeat_ngram_size is None
+
+
+# --------------------------------------------------------------------------- vllm and llama.cpp arguments
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    made = []
+
+    class SamplingParams:
+        accepts_processors = True
+
+        def __init__(self, **kw):
+            if "logits_processors" in kw and not SamplingParams.accepts_processors:
+                raise ValueError("vLLM V1 does not support per request user provided logits processors.")
+            made.append(kw)
+            self.kw = kw
+
+    mod = types.ModuleType("vllm")
+    mod.SamplingParams = SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return SamplingParams, made
+
+
+def test_vllm_params_match_hf(fake_vllm):
+    from synthpref.backends.generation import vllm_backend as vb
+
+    _, made = fake_vllm
+    p = {"temperature": 0.5, "top_p": 0.9, "top_k": 50, "penalties_greedy": PAPER.penalties(True),
+         "penalties_sample": PAPER.penalties(False), "max_new_tokens": 12}
+    vb._sampling_params({"greedy": True, "seed": 7}, p, [2])
+    vb._sampling_params({"greedy": False, "seed": 7}, p, [2])
+    greedy, sample = made
+    assert greedy["temperature"] == 0.0 and greedy["repetition_penalty"] == 1.0 and "logits_processors" not in greedy
+    assert greedy["top_k"] == -1
+    assert (sample["temperature"], sample["top_p"], sample["top_k"], sample["repetition_penalty"]) == (0.5, 0.9, 50, 1.2)
+    (proc,) = sample["logits_processors"]
+    import torch
+
+    logits = proc([1, 2, 3], [4, 1, 2], torch.zeros(8))  # "1 2" seen before, followed by 3: 3 is banned
+    assert logits[3] == float("-inf") and torch.isfinite(logits[[0, 1, 2, 4, 5, 6, 7]]).all()
+
+
+def test_vllm_without_logits_processors_refuses(fake_vllm):
+    from synthpref.backends.generation import vllm_backend as vb
+
+    cls, _ = fake_vllm
+    cls.accepts_processors = False
+    msg = vb.check_ngram_support()
+    assert msg and "no_repeat_ngram_size" in msg and "backend: hf" in msg
+    p = {"temperature": 0.5, "top_p": 0.9, "top_k": 50, "penalties_greedy": (1.0, 0), "penalties_sample": (1.2, 3),
+         "max_new_tokens": 12}
+    with pytest.raises(BackendError, match="VLLM_USE_V1=0"):
+        vb._sampling_params({"greedy": False, "seed": 1}, p, [2])
+
+
+def test_llamacpp_call_arguments():
+    from synthpref.backends.generation.llamacpp import LlamaCppBackend
+
+    calls = []
+
+    class FakeLlama:
+        def create_completion(self, **kw):
+            calls.append(kw)
+            return {"choices": [{"text": "ok", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
+
+    b = LlamaCppBackend.__new__(LlamaCppBackend)
+    b.spec, b.llm, b.chat = ModelSpec(path="x.gguf"), FakeLlama(), False
+    b._one(GenRequest("g", ({"role": "user", "content": "hi"},), seed=1, greedy=True), PAPER)
+    b._one(GenRequest("s", ({"role": "user", "content": "hi"},), seed=1, greedy=False), PAPER)
+    greedy, sample = calls
+    assert greedy["repeat_penalty"] == 1.0 and "logits_processor" not in greedy and greedy["top_k"] == 1
+    assert (sample["repeat_penalty"], sample["top_k"], sample["temperature"], sample["top_p"]) == (1.2, 50, 0.5, 0.9)
+    import numpy as np
+
+    scores = sample["logits_processor"][0](np.array([5, 6, 7, 5, 6]), np.zeros(8))
+    assert scores[7] == float("-inf") and np.isfinite(np.delete(scores, 7)).all()  # "5 6 7" seen: 7 banned after "5 6"
