@@ -12,7 +12,7 @@ import sys
 
 from .errors import SynthprefError
 
-STAGE_COMMANDS = ("prompts", "generate", "score", "pairs", "probe", "train", "evaluate", "report")
+STAGE_COMMANDS = ("prompts", "sft", "generate", "score", "pairs", "probe", "train", "evaluate", "report")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +64,10 @@ def cmd_validate(args) -> int:
     from .validate import validate
 
     cfg = _load(args)
-    problems = validate(cfg, args.config)
+    notes: list[str] = []
+    problems = validate(cfg, args.config, notes)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:

@@ -185,13 +185,40 @@ class LoraSpec(Strict):
     target_modules: str | list[str] = "all-linear"
 
 
+class SFTData(Strict):
+    """One SFT dataset. `format: messages` reads a conversational `messages` column (UltraChat);
+    `saferlhf_safer` builds (prompt, safer response) turns from PKU-SafeRLHF-style rows."""
+
+    source: str = Field(description="local .jsonl/.json/.parquet file, a `datasets.save_to_disk` folder, or a hub dataset id")
+    split: str | None = Field(None, description="dataset split (hub or saved DatasetDict), e.g. train_sft for "
+                              "HuggingFaceH4/ultrachat_200k; checked by `synthpref validate`")
+    config_name: str | None = Field(None, description="hub dataset configuration (subset), if it has several")
+    format: Literal["messages", "saferlhf_safer"] = Field(
+        "messages", description="messages: a `messages` column; saferlhf_safer: prompt + response_<safer_response_id>")
+    safe_only: bool = Field(True, description="saferlhf_safer: keep only rows whose safer response is labelled safe")
+    limit: int | None = Field(None, ge=1, description="keep at most this many examples (first rows)")
+
+
 class SFTStage(Strict):
     enabled: bool = False
-    dataset: str | None = Field(None, description="conversational dataset (local file or hub id) for SFT")
+    dataset: str | None = Field(None, description="shorthand for one `datasets` entry in `messages` format")
+    datasets: list[SFTData] = Field(
+        default_factory=list, description="SFT datasets, trained one after the other (paper: UltraChat, then "
+        "safety SFT data); each run starts from the previous one's weights")
     learning_rate: float = 2e-5
     num_train_epochs: float = 1.0
     max_length: int = 1024
     max_steps: int = Field(-1, description="override epochs when > 0 (short smoke runs)")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.dataset and self.datasets:
+            raise ValueError("train.sft: set `dataset` or `datasets`, not both")
+        return self
+
+    def data(self) -> list[SFTData]:
+        """The SFT datasets in training order."""
+        return list(self.datasets) if self.datasets else ([SFTData(source=self.dataset)] if self.dataset else [])
 
 
 class TrainConfig(Strict):

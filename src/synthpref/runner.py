@@ -1,4 +1,7 @@
-"""Run a study end to end: prompts -> generate -> score -> pairs -> probe -> train -> evaluate -> report.
+"""Run a study end to end: prompts -> sft -> generate -> score -> pairs -> probe -> train -> evaluate -> report.
+
+The sft stage (optional, `train.sft.enabled`) comes before generation, as in the paper: the
+target's responses, the probe's hidden states and DPO all come from the SFT model.
 
 Each stage is a module with `run(cfg, rd) -> dict` that reads the previous stages' outputs from
 the run directory and writes its own. A stage's inputs hash is the hash of the config sections
@@ -24,6 +27,7 @@ from .rundir import RunDir, hash_obj, sha256_file, write_text
 # stage -> config sections it depends on (besides the stage before it)
 STAGES: dict[str, tuple[str, ...]] = {
     "prompts": ("prompts", "prompt_files", "seed"),
+    "sft": ("sft_inputs",),  # SFT before generation: Self responses, probe and DPO all use the SFT model
     "generate": ("models", "target", "roles", "generate", "pairs", "seed", "device"),
     "score": ("score",),
     "pairs": ("pairs", "score", "seed"),
@@ -41,9 +45,19 @@ def _prompt_file_hashes(cfg: StudyConfig) -> dict[str, str]:
             if source_kind(s.source) == "file" and Path(s.source).is_file()}
 
 
+def sft_inputs(cfg: StudyConfig) -> str | None:
+    """What the sft stage's output depends on (None without SFT)."""
+    if not cfg.train.sft.enabled:
+        return None
+    from .stages.train import sft_inputs_hash
+
+    return sft_inputs_hash(cfg)
+
+
 def stage_hashes(cfg: StudyConfig) -> dict[str, str]:
     data = cfg.model_dump(mode="json")
     data["prompt_files"] = _prompt_file_hashes(cfg)
+    data["sft_inputs"] = sft_inputs(cfg)
     out, prev = {}, __version__
     for stage, keys in STAGES.items():
         prev = hash_obj({"prev": prev, **{k: data.get(k) for k in keys}})

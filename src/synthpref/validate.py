@@ -14,8 +14,10 @@ from .config import StudyConfig
 from .errors import SynthprefError
 
 
-def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
+def validate(cfg: StudyConfig, source: str = "<config>", notes: list[str] | None = None) -> list[str]:
+    """Problems (each blocks a run); `notes`, when given, collects what could not be checked."""
     problems: list[str] = []
+    notes = notes if notes is not None else []
 
     def add(field: str, msg: str) -> None:
         problems.append(f"{source}: {field}: {msg}")
@@ -65,6 +67,25 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> list[str]:
             p = check_reference(sc.model)
             if p:
                 add(f"score.scorers.{name}.model", p)
+
+        if sc.rubric_file:
+            from pathlib import Path
+
+            if not Path(sc.rubric_file).expanduser().is_file():
+                add(f"score.scorers.{name}.rubric_file", f"'{sc.rubric_file}' does not exist")
+
+    from .stages.sft_data import check_split
+
+    sft_data = cfg.train.sft.data()
+    if cfg.train.sft.enabled and not sft_data:
+        add("train.sft.datasets", "required when train.sft.enabled is true (e.g. HuggingFaceH4/ultrachat_200k, "
+            "split train_sft)")
+    for i, d in enumerate(sft_data):
+        problem, note = check_split(d, "train.sft.dataset" if cfg.train.sft.dataset else f"train.sft.datasets[{i}]")
+        if problem:
+            problems.append(f"{source}: {problem}")
+        if note:
+            notes.append(f"{source}: {note}")
 
     if cfg.train.base_model and cfg.train.base_model not in cfg.models:
         p = check_reference(cfg.train.base_model)

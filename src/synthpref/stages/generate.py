@@ -1,6 +1,7 @@
 """Stage 2, generate: every source model answers every training prompt.
 
-For each source model (one in memory at a time) and each prompt in prompts/train.jsonl:
+For each source model (one in memory at a time) and each prompt in prompts/train.jsonl (the target
+as its SFT model, train/sft/model, when `train.sft.enabled`: the sft stage runs first):
 `num_samples` sampled responses (paper: 5 at temperature 0.5, top_p 0.9, top_k 50,
 repetition_penalty 1.2, no_repeat_ngram_size 3, 128 new tokens) plus one greedy response without
 penalties (HC+Self uses the target's greedy answer; `sampling.greedy_penalties` adds them). Responses shorter than `min_chars` characters after stripping are kept but
@@ -92,13 +93,16 @@ def build_requests(cfg: StudyConfig, name: str, prompts: list[dict], plan: Model
 
 def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan) -> str:
     """What a model's records depend on: its spec (minus runtime-only options), sampling, prompt ids, seed."""
+    from .sft import policy_ref
+
     spec = cfg.models[name].model_dump(mode="json")
     runtime = get_backend_class(cfg.models[name].backend).RUNTIME_OPTIONS
     spec["options"] = {k: v for k, v in spec["options"].items() if k not in runtime}
     return hash_obj({"version": GENERATE_VERSION, "model": name, "spec": spec,
                      "num_samples": plan.num_samples, "greedy": plan.greedy,
                      "params": {k: v for k, v in asdict(plan.params).items() if k != "batch_size"},
-                     "min_chars": plan.min_chars, "prompts": [p["prompt_id"] for p in prompts], "seed": cfg.seed})
+                     "min_chars": plan.min_chars, "prompts": [p["prompt_id"] for p in prompts], "seed": cfg.seed,
+                     "sft": policy_ref(cfg, name)})
 
 
 def is_dropped(text: str, min_chars: int) -> bool:
@@ -136,7 +140,9 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     t0, new_tokens, load_s = time.perf_counter(), 0, 0.0
     if pending:  # a complete file (or a partial holding every record) needs no model load
         skeleton = {req.key: rec for req, rec in pending}
-        spec = cfg.models[name]
+        from .sft import policy_spec
+
+        spec = policy_spec(cfg, rd, name)  # the target answers as its SFT model when SFT is enabled
         backend = get_backend_class(spec.backend)(spec, device=device, **backend_kwargs)
         load_s, t0 = time.perf_counter() - t0, time.perf_counter()
         try:

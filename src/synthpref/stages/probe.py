@@ -292,13 +292,15 @@ def _rkey(response: str) -> str:
 def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]], device: str) -> tuple[FeatureCache, list[int]]:
     from .. import models
 
-    spec = cfg.models[cfg.target]
+    from .sft import policy_ref, policy_spec
+
+    spec = policy_spec(cfg, rd, cfg.target)  # the SFT model when SFT is enabled: the one DPO trains
     tok = models.load_tokenizer(spec)
     model = models.load_causal_lm(spec, device)
     try:
         layers = probe_layers(num_layers(model), cfg.probe.layer_stride)
         cache = FeatureCache(rd.path("probe", "cache"), {
-            "kind": "hidden", "model": spec.model_dump(mode="json"), "layers": layers, "pooling": cfg.probe.pooling,
+            "kind": "hidden", "model": spec.model_dump(mode="json"), "sft": policy_ref(cfg, cfg.target), "layers": layers, "pooling": cfg.probe.pooling,
             "max_length": cfg.probe.max_length, "version": VERSION, "device": device})
         todo = cache.missing(list(items))
         chunk = max(cfg.probe.batch_size * 16, 64)

@@ -35,7 +35,7 @@ import yaml
 
 from ..config import ModelSpec, StudyConfig, dump_config
 from .pairs import pairs_path
-from ..errors import AssetError, ConfigError, DataError, SynthprefError, did_you_mean
+from ..errors import ConfigError, DataError, SynthprefError, did_you_mean
 from ..rundir import RunDir, hash_obj, read_json, read_jsonl, sha256_file, write_json, write_text
 
 # Bumped whenever a change alters what training produces, so finished settings are retrained.
@@ -101,16 +101,34 @@ _SFT_SHARED_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_step
                       "lr_scheduler_type", "gradient_checkpointing", "bf16")
 
 
-def sft_inputs_hash(cfg: StudyConfig) -> str:
+def _sft_data_ref(d) -> dict:
+    ref = d.model_dump(mode="json")
+    p = Path(d.source).expanduser()
+    if p.is_file():
+        ref["sha256"] = sha256_file(p)
+    return ref
+
+
+def sft_phase_hash(cfg: StudyConfig, i: int) -> str:
+    """Inputs of SFT phase i: the datasets up to and including i (each phase starts from the last)."""
     sft = cfg.train.sft
-    data = sft.dataset or ""
-    data_hash = sha256_file(data) if data and Path(data).is_file() else data
     # Only what SFT reads: changing a DPO-only field (beta, loss, LoRA, ...) must not retrain SFT.
     t = cfg.train
     shared = {k: getattr(t, k) for k in _SFT_SHARED_FIELDS}
-    return hash_obj({"version": TRAIN_VERSION, "stage": SFT_NAME, "sft": sft.model_dump(mode="json"),
-                     "train": shared, "seed": cfg.seed, "data": data_hash,
-                     "base": base_model_spec(cfg).model_dump(mode="json")})
+    hyper = sft.model_dump(mode="json", exclude={"dataset", "datasets", "enabled"})
+    return hash_obj({"version": TRAIN_VERSION, "stage": SFT_NAME, "sft": hyper, "phase": i,
+                     "data": [_sft_data_ref(d) for d in sft.data()[:i + 1]],
+                     "train": shared, "seed": cfg.seed, "base": base_model_spec(cfg).model_dump(mode="json")})
+
+
+def sft_phase_names(cfg: StudyConfig) -> list[str]:
+    """train/<name>/ of each SFT phase; the last is 'sft' (the model DPO starts from)."""
+    n = max(len(cfg.train.sft.data()), 1)
+    return [f"{SFT_NAME}_phase{i + 1}" for i in range(n - 1)] + [SFT_NAME]
+
+
+def sft_inputs_hash(cfg: StudyConfig) -> str:
+    return sft_phase_hash(cfg, max(len(cfg.train.sft.data()), 1) - 1)
 
 
 def setting_inputs_hash(cfg: StudyConfig, rd: RunDir, setting: str) -> str:
@@ -207,26 +225,16 @@ def load_pairs(cfg: StudyConfig, rd: RunDir, setting: str, tok, spec: ModelSpec)
     return out
 
 
-def load_sft_rows(cfg: StudyConfig) -> list[dict]:
-    """Conversational SFT data: a local JSONL with `messages`, or a hub dataset id (split train)."""
-    src = cfg.train.sft.dataset
-    if not src:
-        raise ConfigError("train.sft.dataset: required when train.sft.enabled is true "
-                          "(a local .jsonl with a `messages` column, or a hub dataset id)")
-    if Path(src).expanduser().exists():
-        return [{"messages": r["messages"]} for r in read_jsonl(Path(src).expanduser(), required=["messages"])]
-    if src.startswith((".", "/", "~")) or src.endswith(".jsonl"):
-        raise ConfigError(f"train.sft.dataset: file '{src}' does not exist")
-    try:
-        import datasets
+def load_sft_rows(cfg: StudyConfig, phase: int = 0) -> list[dict]:
+    """Conversational SFT data of one phase (synthpref.stages.sft_data)."""
+    from .sft_data import load_sft_rows as load
 
-        ds = datasets.load_dataset(src, split="train")
-    except Exception as e:  # hub unreachable, unknown id, ...
-        raise AssetError(f"train.sft.dataset: could not load hub dataset '{src}' ({type(e).__name__}); "
-                         "point it at a local .jsonl with a `messages` column") from None
-    if "messages" not in ds.column_names:
-        raise DataError(f"train.sft.dataset: '{src}' has no `messages` column (columns: {', '.join(ds.column_names)})")
-    return [{"messages": m} for m in ds["messages"]]
+    data = cfg.train.sft.data()
+    if not data:
+        raise ConfigError("train.sft.datasets: required when train.sft.enabled is true "
+                          "(e.g. HuggingFaceH4/ultrachat_200k split train_sft, or a local .jsonl with `messages`)")
+    where = "train.sft.dataset" if cfg.train.sft.dataset else f"train.sft.datasets[{phase}]"
+    return load(data[phase], where)
 
 
 # --------------------------------------------------------------------------- TRL configs
@@ -510,26 +518,36 @@ def _open_run(rd: RunDir, name: str, inputs_hash: str) -> tuple[Path, dict | Non
 
 
 def train_sft(cfg: StudyConfig, rd: RunDir, *, _callbacks: list | None = None) -> dict:
-    """Supervised fine-tuning of the base model on `train.sft.dataset` -> train/sft/model/.
+    """Supervised fine-tuning of the base model on the SFT datasets, one after the other
+    (train/sft_phase1/, ...), the last phase in train/sft/model/.
 
     Always full fine-tuning (merged weights), so the DPO stage and the evaluate stage's 'sft'
     model start from one plain checkpoint whether or not DPO then uses LoRA.
     """
+    spec = base_model_spec(cfg)
+    res: dict = {}
+    for i, name in enumerate(sft_phase_names(cfg)):
+        res = _train_sft_phase(cfg, rd, i, name, spec, _callbacks)
+        spec = spec.model_copy(update={"path": str(trained_model_dir(rd, name).resolve()), "revision": None})
+    return res
+
+
+def _train_sft_phase(cfg: StudyConfig, rd: RunDir, phase: int, name: str, spec: ModelSpec,
+                     _callbacks: list | None) -> dict:
     from datasets import Dataset
     from trl import SFTTrainer
 
     from ..models import free
 
-    inputs_hash = sft_inputs_hash(cfg)
+    inputs_hash = sft_phase_hash(cfg, phase)
     t0 = time.time()
-    out, done = _open_run(rd, SFT_NAME, inputs_hash)
+    out, done = _open_run(rd, name, inputs_hash)
     if done:
         return done
     device = _device(cfg)
-    spec = base_model_spec(cfg)
     tok = prepare_tokenizer(spec)
     tok.padding_side = "right"  # SFTTrainer pads on the right
-    rows = load_sft_rows(cfg)
+    rows = load_sft_rows(cfg, phase)
     ckpt = out / "checkpoints"
     args = sft_config(cfg, device, ckpt)  # before the model loads: lets ZeRO-3 shard it while loading
     model = load_for_training(spec)
@@ -537,14 +555,15 @@ def train_sft(cfg: StudyConfig, rd: RunDir, *, _callbacks: list | None = None) -
     log = MetricsLog(out / "metrics.jsonl", resume_step, _is_main())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[log, *(_callbacks or [])])
-    data = {"sft dataset": cfg.train.sft.dataset, "examples": len(rows)}
+    source = cfg.train.sft.data()[phase]
+    data = {"sft dataset": source.source, "split": source.split, "examples": len(rows)}
 
     def card():
-        return _model_card(SFT_NAME, "sft", cfg, spec, data, _last(rd, SFT_NAME), inputs_hash)
+        return _model_card(name, "sft", cfg, spec, data, _last(rd, name), inputs_hash)
 
     res = _fit_and_save(trainer, out, resume, card)
-    done = {"name": SFT_NAME, "inputs_hash": inputs_hash, "dataset": cfg.train.sft.dataset, "n_examples": len(rows),
-            "start_model": spec.path, **res, "final": _last(rd, SFT_NAME)}
+    done = {"name": name, "inputs_hash": inputs_hash, "dataset": source.source, "split": source.split,
+            "n_examples": len(rows), "start_model": spec.path, **res, "final": _last(rd, name)}
     del trainer, model
     free()
     if _is_main():
@@ -678,13 +697,12 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     summary: dict[str, Any] = {"settings": {}, "use_lora": cfg.train.use_lora, "launcher": cfg.train.launcher,
                                "no_pairs": [s for s in cfg.pairs.settings if s not in settings]}
     if cfg.train.sft.enabled:
-        if cfg.train.launcher == "accelerate":
-            h = sft_inputs_hash(cfg)
-            res = ({**read_json(rd.path("train", SFT_NAME, "done.json")), "skipped": True}
-                   if is_done(rd, SFT_NAME, h) else _launch(cfg, rd, SFT_NAME, h))
-        else:
-            res = train_sft(cfg, rd)
-        summary["sft"] = _summary_row(res)
+        # The sft stage (before generate) made it; run here only if this stage is run on its own.
+        if not is_done(rd, SFT_NAME, sft_inputs_hash(cfg)):
+            from . import sft
+
+            sft.run(cfg, rd)
+        summary["sft"] = _summary_row({**read_json(rd.path("train", SFT_NAME, "done.json")), "skipped": True})
     for s in settings:
         if cfg.train.launcher == "accelerate":
             h = setting_inputs_hash(cfg, rd, s)
