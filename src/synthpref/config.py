@@ -28,7 +28,8 @@ class ModelSpec(Strict):
     """A named model: a packaged asset name, a local path, a hub id, or an API model name."""
 
     path: str = Field(description="packaged asset name (see `synthpref fetch --list`), local folder, hub id, or API model name")
-    backend: Literal["hf", "vllm", "openai", "llamacpp"] = Field("hf", description="generation backend")
+    backend: Literal["hf", "vllm", "openai", "llamacpp", "responses"] = Field(
+        "hf", description="generation backend (responses: answers read from a prompt/response JSONL file or URL)")
     chat_template: str | None = Field(
         None, description="Jinja chat template to use when the tokenizer has none (None: the model's own; "
         "a base model without one falls back to `plain_template`)")

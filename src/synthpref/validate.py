@@ -26,7 +26,14 @@ def validate(cfg: StudyConfig, source: str = "<config>", notes: list[str] | None
     from .models import check_reference
 
     for name, spec in cfg.models.items():
-        if spec.backend != "openai":
+        if spec.backend == "responses":
+            ref = spec.options.get("file") or spec.path
+            if not ref.startswith(("http://", "https://")):
+                from pathlib import Path
+
+                if not Path(ref).expanduser().is_file():
+                    add(f"models.{name}.path", f"responses file '{ref}' does not exist (a local JSONL or an http(s) URL)")
+        elif spec.backend != "openai":
             p = check_reference(spec.path)
             if p:
                 add(f"models.{name}.path", p)

@@ -137,7 +137,7 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     writer = RecordWriter(rd.path("generate", f"{name}.jsonl"), "response_id",
                           model_inputs_hash(cfg, name, prompts, plan))
     pending = [(req, rec) for req, rec in todo if not writer.done(req.key)]
-    t0, new_tokens, load_s = time.perf_counter(), 0, 0.0
+    t0, new_tokens, load_s, extra = time.perf_counter(), 0, 0.0, {}
     if pending:  # a complete file (or a partial holding every record) needs no model load
         skeleton = {req.key: rec for req, rec in pending}
         from .sft import policy_spec
@@ -153,6 +153,8 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
                                 "finish_reason": res.finish_reason, "dropped": is_dropped(res.text, plan.min_chars)})
                     new_tokens += res.n_tokens
                     bar.update(task, advance=1, tps=new_tokens / max(time.perf_counter() - t0, 1e-9))
+            report = getattr(backend, "report", None)  # e.g. the responses backend's matched/unmatched counts
+            extra = report() if report else {}
         finally:
             backend.close()
             del backend
@@ -162,7 +164,7 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     return {"requested": len(todo), "generated": len(recs), "dropped": sum(bool(r["dropped"]) for r in recs),
             "tokens": sum(r["n_tokens"] or 0 for r in recs), "new_tokens": new_tokens,
             "load_seconds": round(load_s, 3), "seconds": round(seconds, 3),
-            "tokens_per_s": round(new_tokens / seconds, 2) if new_tokens else None}
+            "tokens_per_s": round(new_tokens / seconds, 2) if new_tokens else None, **extra}
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
