@@ -54,18 +54,14 @@ def _count_prompts(spec) -> int:
         return 0
 
 
-def _sft_rows(cfg: StudyConfig) -> int | None:
-    total = 0
-    for d in cfg.train.sft.data():
-        n = d.limit or KNOWN_ROWS.get((d.source, d.split))
-        if n is None:
-            p = Path(d.source).expanduser()
-            if p.is_file() and p.suffix == ".jsonl":
-                n = sum(1 for line in p.open(encoding="utf-8") if line.strip())
-        if n is None:
-            return None
-        total += n
-    return total
+def _sft_rows(d) -> int | None:
+    """Rows of one SFT dataset: its limit, KNOWN_ROWS, or a local JSONL's line count; else None."""
+    n = d.limit or KNOWN_ROWS.get((d.source, d.split))
+    if n is None:
+        p = Path(d.source).expanduser()
+        if p.is_file() and p.suffix == ".jsonl":
+            n = sum(1 for line in p.open(encoding="utf-8") if line.strip())
+    return n
 
 
 def _gpus(spec) -> int:
@@ -105,14 +101,16 @@ def estimate(cfg: StudyConfig) -> dict:
 
     # sft
     if cfg.train.sft.enabled:
-        n_sft = _sft_rows(cfg)
-        if n_sft is None:
-            rows.append(("sft", "all datasets", "rows unknown (set limit)", None, None, size_note(start)))
-        else:
+        for i, d in enumerate(cfg.train.sft.data()):
+            item = f"{i + 1}. {d.source}" + (f" [{d.split}]" if d.split else "")
+            n_sft = _sft_rows(d)
+            if n_sft is None:
+                rows.append(("sft", item, "rows unknown (set limit to estimate)", None, None, size_note(start)))
+                continue
             toks = n_sft * min(SFT_TOKENS_PER_EXAMPLE, cfg.train.sft.max_length) * cfg.train.sft.num_train_epochs
             steps = math.ceil(n_sft / (cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps))
             wall, gh = train_cost(start, toks, 6, steps)
-            rows.append(("sft", f"{len(cfg.train.sft.data())} dataset(s)", f"{n_sft:,} examples", wall, gh, size_note(start)))
+            rows.append(("sft", item, f"{n_sft:,} examples", wall, gh, size_note(start)))
     else:
         rows.append(("sft", "off", "-", 0.0, 0.0, ""))
 

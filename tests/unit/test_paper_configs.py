@@ -1,0 +1,87 @@
+"""The six paper configs: base checkpoints + SFT, the authors' decoding and evaluation, and a
+dry-run plan in stage order whose sizes come from config.json facts, not from model names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synthpref import estimate, model_facts, runner
+from synthpref.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+BASES = {"meta-llama/Llama-2-7b-hf", "mistralai/Mistral-7B-v0.1", "Qwen/Qwen2-7B", "meta-llama/Llama-3.1-8B",
+         "mistralai/Mistral-7B-v0.3", "Qwen/Qwen2.5-7B"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    import httpx
+
+    def refuse(*a, **k):
+        raise httpx.ConnectError("offline in tests")
+
+    monkeypatch.setattr(httpx, "get", refuse)
+    monkeypatch.setattr(model_facts, "_hub_down", False)
+
+
+def test_six_configs_one_per_paper_model():
+    cfgs = [load_config(p) for p in PAPER]
+    assert {c.models[c.target].path for c in cfgs} == BASES
+    for c in cfgs:
+        assert c.train.sft.enabled
+        ds = [(d.source, d.split, d.format) for d in c.train.sft.data()]
+        assert ds == [("HuggingFaceH4/ultrachat_200k", "train_sft", "messages"),
+                      ("PKU-Alignment/PKU-SafeRLHF", "train", "saferlhf_safer")]
+        s = c.generate.sampling
+        assert (s.greedy_penalties, s.top_k, s.temperature, s.top_p, s.repetition_penalty, s.no_repeat_ngram_size,
+                s.max_new_tokens) == (False, 50, 0.5, 0.9, 1.2, 3, 128)
+        assert c.evaluate.safety.formats == ["alpaca"] and c.evaluate.safety.unparsed == "count"
+        assert c.models["gpt4o_released"].backend == "responses"
+        assert c.roles.stronger and c.models[c.roles.stronger[0]].path in model_facts.FACTS
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_dry_run_plan_is_in_stage_order_with_real_sizes(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(path)
+    est = estimate.estimate(cfg)
+    stages = [r[0] for r in est["rows"]]
+    assert stages == sorted(stages, key=list(runner.STAGES).index) and stages[:3] == ["prompts", "sft", "sft"]
+    assert est["device"] == "cuda" and est["gpu_hours"] > 0
+    target = model_facts.model_size(cfg.models[cfg.target].path)
+    assert target.source == "table" and 6.5e9 < target.params < 8.1e9
+    gen = {r[1]: r for r in est["rows"] if r[0] == "generate"}
+    assert gen["target"][4] is not None and gen["stronger"][4] > 0
+
+
+def test_sizes_come_from_config_json_not_names(tmp_path):
+    # A folder named like a 70B model holding a tiny config.json is tiny...
+    d = tmp_path / "Llama-3.1-70B-Instruct"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1000,
+                                               "intermediate_size": 128, "num_attention_heads": 4,
+                                               "tie_word_embeddings": True}), encoding="utf-8")
+    sz = model_facts.model_size(str(d))
+    assert sz.params == model_facts.count_params(json.loads((d / "config.json").read_text()))[0] < 200_000
+    # ...and an unknown hub id whose config.json cannot be read has no size, whatever its name says.
+    assert model_facts.model_size("someone/MyModel-7B") is None
+    cfg = parse_config({"name": "x", "device": "cuda", "models": {"t": {"path": "someone/MyModel-7B"}}, "target": "t",
+                        "prompts": {"train": {"source": "advbench", "limit": 4}}, "pairs": {"settings": ["self_rm"]}})
+    rows = {(r[0], r[1]): r for r in estimate.estimate(cfg)["rows"]}
+    assert rows[("generate", "t")][3] is None and rows[("generate", "t")][5] == "size unknown"
+
+
+def test_param_counts_match_the_published_sizes():
+    """Computed from the config.json fields: Llama-2-7B 6.74B, Mistral-7B 7.24B, Qwen2-7B 7.62B,
+    Llama-3.1-8B 8.03B, Mixtral-8x7B 46.7B (12.9B active), Qwen2-72B 72.7B."""
+    def b(name, active=False):
+        return round(model_facts.count_params(model_facts.FACTS[name])[int(active)] / 1e9, 2)
+
+    assert b("meta-llama/Llama-2-7b-hf") == 6.74 and b("mistralai/Mistral-7B-v0.1") == 7.24
+    assert b("Qwen/Qwen2-7B") == 7.62 and b("meta-llama/Llama-3.1-8B") == 8.03
+    assert b("mistralai/Mixtral-8x7B-Instruct-v0.1") == 46.7 and b("mistralai/Mixtral-8x7B-Instruct-v0.1", True) == 12.88
+    assert b("Qwen/Qwen2-72B-Instruct") == 72.71
