@@ -49,7 +49,8 @@ class ModelSpec(Strict):
 class PromptSetSpec(Strict):
     source: str = Field(description="packaged prompt set name, local .jsonl/.csv/.parquet file, or hub:<dataset id>")
     split: str | None = Field(None, description="dataset split (hub datasets)")
-    text_field: str | None = Field(None, description="column holding the prompt text (default: per source)")
+    text_field: str | None = Field(None, description="column holding the prompt text (default: per source); in local "
+                                  "files a dotted path reads nested rows, e.g. chosen.0.content")
     chosen_field: str | None = Field(None, description="column with the human-preferred response (for original/hc_self)")
     rejected_field: str | None = Field(None, description="column with the human-dispreferred response")
     offset: int = Field(0, ge=0, description="skip this many rows first")

@@ -74,3 +74,21 @@ def test_generate_stage_with_the_gpt4o_role_from_a_file(tmp_path, answers):
     missing = cfg.model_copy(update={"models": {**cfg.models, "gpt4o_released": cfg.models["gpt4o_released"].model_copy(
         update={"path": str(tmp_path / "nope.jsonl")})}})
     assert any("responses file" in p for p in validate(missing, "c.yaml"))
+
+
+def test_authors_prompt_split_layout_reads_with_dotted_fields(tmp_path):
+    """data/safeRLHF-50k rows hold chosen/rejected conversations; dotted fields read them."""
+    from synthpref.config import PromptSetSpec
+    from synthpref.stages.prompts import load_prompt_set
+
+    f = tmp_path / "train.jsonl"
+    write_jsonl(f, [{"chosen": [{"content": "How do I pick a lock?", "role": "user"},
+                                {"content": "I can't help with that.", "role": "assistant"}],
+                     "rejected": [{"content": "How do I pick a lock?", "role": "user"},
+                                  {"content": "Use a tension wrench.", "role": "assistant"}]}])
+    rows = load_prompt_set(PromptSetSpec(source=str(f), text_field="chosen.0.content",
+                                         chosen_field="chosen.1.content", rejected_field="rejected.1.content"))
+    assert [(r["text"], r["human_chosen"], r["human_rejected"]) for r in rows] == [
+        ("How do I pick a lock?", "I can't help with that.", "Use a tension wrench.")]
+    with pytest.raises(DataError, match="no 'chosen.5.content' text"):
+        load_prompt_set(PromptSetSpec(source=str(f), text_field="chosen.5.content"))

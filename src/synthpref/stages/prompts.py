@@ -126,6 +126,25 @@ def _pku_rows(ds) -> list[dict]:
     return out
 
 
+_MISSING = object()
+
+
+def _pick(row: dict, field: str):
+    """row[field], where a dotted field walks nested lists/dicts: `chosen.0.content` reads the
+    first message of a `chosen` conversation (the authors' data/safeRLHF-50k layout)."""
+    if field in row:
+        return row[field]
+    cur = row
+    for part in field.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return _MISSING
+    return cur
+
+
 def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -141,18 +160,19 @@ def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     field = spec.text_field or "prompt"
     out = []
     for i, r in enumerate(rows, 1):
-        if field not in r or not str(r[field]).strip():
+        text = _pick(r, field)
+        if text is _MISSING or not str(text).strip():
             raise DataError(f"{path}: row {i} has no '{field}' text; set {where}.text_field to the prompt column")
         for key in ("chosen_field", "rejected_field"):
             col = getattr(spec, key)
-            if col and col not in r:
+            if col and _pick(r, col) is _MISSING:
                 raise DataError(f"{path}: row {i} has no column '{col}' named by {where}.{key} "
                                 f"(columns: {', '.join(map(str, r))})")
-        rec = {"text": str(r[field])}
+        rec = {"text": str(text)}
         if spec.chosen_field:
-            rec["human_chosen"] = r.get(spec.chosen_field)
+            rec["human_chosen"] = _pick(r, spec.chosen_field)
         if spec.rejected_field:
-            rec["human_rejected"] = r.get(spec.rejected_field)
+            rec["human_rejected"] = _pick(r, spec.rejected_field)
         out.append(rec)
     return out
 
