@@ -177,3 +177,18 @@ def test_llamacpp_call_arguments():
 
     scores = sample["logits_processor"][0](np.array([5, 6, 7, 5, 6]), np.zeros(8))
     assert scores[7] == float("-inf") and np.isfinite(np.delete(scores, 7)).all()  # "5 6 7" seen: 7 banned after "5 6"
+
+
+def test_vllm_engine_refusing_processors_at_request_time_is_a_clear_error(fake_vllm):
+    """vLLM's V1 engine accepts the SamplingParams but rejects the processor when the request is
+    added: that error becomes the same clear refusal."""
+    from synthpref.backends.generation import vllm_backend as vb
+
+    class Engine:
+        def generate(self, prompts, sps, use_tqdm=False):
+            raise ValueError("vLLM V1 does not support per request user provided logits processors.")
+
+    p = {"temperature": 0.5, "top_p": 0.9, "top_k": 50, "penalties_greedy": (1.0, 0), "penalties_sample": (1.2, 3),
+         "max_new_tokens": 12}
+    with pytest.raises(BackendError, match="no_repeat_ngram_size 3 needs a per-request logits processor"):
+        vb._run_engine(Engine(), [{"key": "k", "ids": [1, 2], "seed": 1, "greedy": False}], p, [2])

@@ -103,7 +103,13 @@ def check_ngram_support() -> str | None:
 def _run_engine(llm, reqs: list[dict], params: dict, stop_ids: list[int]) -> list[tuple]:
     prompts = [{"prompt_token_ids": r["ids"]} for r in reqs]
     sps = [_sampling_params(r, params, stop_ids) for r in reqs]
-    outs = llm.generate(prompts, sps, use_tqdm=False)
+    try:
+        outs = llm.generate(prompts, sps, use_tqdm=False)
+    except (ValueError, TypeError) as e:  # the V1 engine refuses per-request logits processors here
+        if "logits" not in str(e).lower():
+            raise
+        n = max(params["penalties_greedy"][1], params["penalties_sample"][1])
+        raise BackendError(_NGRAM_REFUSAL.format(n=n, err=str(e).splitlines()[0][:120])) from None
     res = []
     for r, out in zip(reqs, outs):
         c = out.outputs[0]
