@@ -55,6 +55,14 @@ def validate(cfg: StudyConfig, source: str = "<config>", notes: list[str] | None
         p = check_source(spec, where)
         if p:
             problems.append(f"{source}: {p}")
+        elif spec.source.startswith("hub:"):
+            from .stages.sft_data import check_hub_split
+
+            p, note = check_hub_split(spec.source[4:], spec.split, where)
+            if p:
+                problems.append(f"{source}: {p}")
+            if note:
+                notes.append(f"{source}: {note}")
 
     try:
         from .stages.pairs import resolve_settings

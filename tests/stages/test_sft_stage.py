@@ -86,7 +86,10 @@ def test_split_check_for_hub_datasets_offline(monkeypatch):
     def offline(*a, **k):
         raise ConnectionError("Couldn't reach the hub")
 
+    from synthpref.stages import sft_data
+
     monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
+    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": None})  # the hub "answers" the probe; the call fails
     # Known datasets are checked offline from their cards' splits: UltraChat has no 'train'.
     problem, note = check_split(SFTData(source="HuggingFaceH4/ultrachat_200k", split="train"), "w")
     assert "did you mean 'train_sft'" in problem and "train_gen" in problem and note is None
@@ -94,7 +97,15 @@ def test_split_check_for_hub_datasets_offline(monkeypatch):
     # Another hub dataset: a clear note, not a silent pass and not a false failure.
     problem, note = check_split(SFTData(source="someone/chat-data", split="train"), "w")
     assert problem is None and "could not check split 'train'" in note and "ConnectionError" in note
+    # Offline mode (or no answer to the probe): a note without asking.
+    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": "HF_HUB_OFFLINE is set"})
+    problem, note = check_split(SFTData(source="someone/chat-data", split="train"), "w")
+    assert problem is None and "HF_HUB_OFFLINE is set" in note
+    # Prompt sets from the hub get the same check.
+    assert "is not a split of 'PKU-Alignment/PKU-SafeRLHF'" in sft_data.check_hub_split(
+        "PKU-Alignment/PKU-SafeRLHF", "validation", "prompts.train")[0]
     # When the hub answers, its splits are used.
+    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": None})
     monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *a, **k: ["train", "validation"])
     problem, _ = check_split(SFTData(source="someone/chat-data", split="test"), "w")
     assert "available: train, validation" in problem

@@ -42,16 +42,52 @@ def _saved_splits(p: Path) -> tuple[str, ...] | None:
     return None
 
 
+_HUB_STATE: dict[str, str | None] = {}
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be asked (offline mode, or no answer to one short request), else None."""
+    if "why" not in _HUB_STATE:
+        try:
+            import httpx
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                _HUB_STATE["why"] = "HF_HUB_OFFLINE is set"
+            else:
+                httpx.head(constants.ENDPOINT, timeout=5)
+                _HUB_STATE["why"] = None
+        except Exception as e:
+            _HUB_STATE["why"] = f"{type(e).__name__}"
+    return _HUB_STATE["why"]
+
+
 def _hub_splits(source: str, config_name: str | None) -> tuple[tuple[str, ...] | None, str | None]:
     """(splits, why not): from KNOWN_SPLITS, else asked from the hub."""
     if source in KNOWN_SPLITS and config_name is None:
         return KNOWN_SPLITS[source], None
+    why = _hub_unreachable()
+    if why:
+        return None, why
     try:
         import datasets
 
         return tuple(datasets.get_dataset_split_names(source, config_name)), None
     except Exception as e:  # offline, unknown id, gated
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+
+
+def check_hub_split(source: str, split: str | None, where: str, config_name: str | None = None
+                    ) -> tuple[str | None, str | None]:
+    """(problem, note) for a hub dataset's split (default 'train')."""
+    splits, why = _hub_splits(source, config_name)
+    split = split or "train"
+    if splits is None:
+        return None, (f"{where}.split: could not check split '{split}' of hub dataset '{source}' (the hub did not "
+                      f"answer: {why}); a wrong split fails when it is loaded")
+    if split not in splits:
+        return _bad_split(where, split, source, splits), None
+    return None, None
 
 
 def check_split(data: SFTData, where: str) -> tuple[str | None, str | None]:
@@ -75,14 +111,7 @@ def check_split(data: SFTData, where: str) -> tuple[str | None, str | None]:
         if data.split not in (None, "train"):
             return f"{where}.split: '{data.split}' but a local file has only 'train'; remove split", None
         return None, None
-    splits, why = _hub_splits(data.source, data.config_name)
-    split = data.split or "train"
-    if splits is None:
-        return None, (f"{where}.split: could not check split '{split}' of hub dataset '{data.source}' (the hub did not "
-                      f"answer: {why}); a wrong split fails when the sft stage loads it")
-    if split not in splits:
-        return _bad_split(where, split, data.source, splits), None
-    return None, None
+    return check_hub_split(data.source, data.split, where, data.config_name)
 
 
 def _bad_split(where: str, split: str, source: str, splits) -> str:
