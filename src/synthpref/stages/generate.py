@@ -4,8 +4,9 @@ For each source model (one in memory at a time) and each prompt in prompts/train
 as its SFT model, train/sft/model, when `train.sft.enabled`: the sft stage runs first):
 `num_samples` sampled responses (paper: 5 at temperature 0.5, top_p 0.9, top_k 50,
 repetition_penalty 1.2, no_repeat_ngram_size 3, 128 new tokens) plus one greedy response without
-penalties (HC+Self uses the target's greedy answer; `sampling.greedy_penalties` adds them). Responses shorter than `min_chars` characters after stripping are kept but
-marked `dropped` (the authors drop responses under 5 characters), so the counts stay auditable.
+penalties (HC+Self uses the target's greedy answer; `sampling.greedy_penalties` adds them).
+Responses shorter than `min_chars` characters after stripping are kept but marked `dropped` (the
+authors drop responses under 5 characters), so the counts stay auditable.
 
 Outputs (record format in synthpref.tables):
     generate/<model>.jsonl   one record per response, sorted by response_id
