@@ -2,8 +2,9 @@
 
 Method (paper §3, "DPO"): starting from the target model (or `train.base_model`), each pair
 setting gets its own DPO run with TRL's `DPOTrainer` — sigmoid loss, beta 0.1, full fine-tuning
-by default, LoRA via peft when `train.use_lora`. Optional SFT first (`train.sft.enabled`) makes the
-starting model with TRL's `SFTTrainer`.
+by default, LoRA via peft when `train.use_lora`. Optional SFT (`train.sft.enabled`) makes the
+starting model with TRL's `SFTTrainer`, one run per SFT dataset; it runs in the sft stage before
+generation (stages/sft.py), and here only when that stage has not run.
 
 Per setting, under train/<setting>/:
     metrics.jsonl   one line per logging step (loss, rewards/*, logps/*, learning_rate, epoch, step),
