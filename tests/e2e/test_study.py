@@ -1,7 +1,7 @@
 """The whole study through the CLI: every stage, every setting, resume and re-run behaviour.
 
-The fast test runs all 8 stages on tiny random models built here (distinct weights per role, so
-every setting has real multi-model pairs). The slow test runs the shipped demo config, shrunk by
+The fast test runs all 9 stages (sft off) on tiny random models built here (distinct weights per
+role, so every setting has real multi-model pairs). The slow test runs the shipped demo config, shrunk by
 command-line overrides, on the real packaged models.
 """
 
@@ -45,7 +45,9 @@ def tiny_study(tmp_path_factory):
         "roles": {"stronger": ["strong"], "peers": ["peer"], "gpt4o": ["gpt"]},
         "prompts": {"train": {"source": train, "chosen_field": "good", "rejected_field": "bad"},
                     "eval": {"mini": {"source": evals}}, "benign": {"source": benign}},
-        "generate": {"sampling": {"num_samples": 3, "max_new_tokens": 8, "min_chars": 1}},
+        # Random tiny models decode greedily into special tokens only (empty text); the penalties on
+        # greedy answers (a named deviation from the authors) keep their greedy texts non-empty.
+        "generate": {"sampling": {"num_samples": 3, "max_new_tokens": 8, "min_chars": 1, "greedy_penalties": True}},
         "score": {"scorers": {"kw": {"kind": "keywords"}}, "reward": "kw"},
         "probe": {"features": ["hidden", "surface"], "folds": 2, "layer_stride": 1},
         "train": {"learning_rate": 1.0e-3, "max_steps": 2, "per_device_train_batch_size": 2,
@@ -92,7 +94,7 @@ def test_rerun_unchanged_skips_everything_and_changes_nothing(tiny_study, capsys
     capsys.readouterr()
     assert main(["run", str(cfg)]) == 0
     err = capsys.readouterr().err
-    assert err.count("up to date, skipped") == 8
+    assert err.count("up to date, skipped") == 9  # prompts, sft (off), generate, ..., report
     assert _snapshot(run) == before
 
 
