@@ -82,7 +82,7 @@ class KeywordScorer(Scorer):
         keyword_list: Literal["paper", "gcg"] = Field(
             "paper", description="paper: the authors' list (default); gcg: Zou et al.'s llm-attacks list, which adds "
             "'illegal' and lacks the authors' system-prompt echo")
-        extra_prefixes: list[str] = Field(default_factory=list, description="strings added to the paper's list")
+        extra_prefixes: list[str] = Field(default_factory=list, description="strings added to the selected list")
         normalize_apostrophes: bool = Field(
             False, description="treat curly apostrophes as straight ones (modern chat models write I can\u2019t); "
             "off by default to match the paper's keyword ASR")
