@@ -2,8 +2,8 @@
 
 Where a model's config.json is readable (a local folder, a packaged asset, the local hub cache,
 or the hub when it answers) its facts are read there. So that the paper configs' estimates work
-offline, FACTS ships the config.json fields of the paper's models (copied from each model's
-config.json on the hub, revision main, as listed in SOURCE). Parameter counts are computed from
+offline, FACTS ships the config.json fields of the paper's models (transcribed from each model's
+config.json on the hub, revision main; see SOURCE). Parameter counts are computed from
 those fields (embeddings, attention with grouped KV heads and Qwen2's q/k/v biases, gated MLP or
 mixture of experts, norms, untied LM head), not taken from names or model cards.
 """
@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE = "config.json of each hub model (revision main), fields copied as written there"
+SOURCE = ("config.json of each hub model (revision main), fields transcribed as written there; the parameter "
+          "counts computed from them equal the sizes the models' cards state (tests/unit/test_paper_configs.py)")
 
 # hub id -> config.json fields: hidden_size, num_hidden_layers, vocab_size, intermediate_size,
 # num_attention_heads, num_key_value_heads, tie_word_embeddings, attention_bias (Qwen2 has q/k/v
