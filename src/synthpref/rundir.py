@@ -274,20 +274,155 @@ class RunDir:
         return bool(s and s.get("status") == "done" and s.get("inputs_hash") == inputs_hash)
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[None]:
+    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[dict]:
         """Mark a stage running/done/failed in the manifest around its body, with timing."""
         t0 = time.time()
         self._set_stage(stage, {"status": "running", "inputs_hash": inputs_hash, "started": t0})
+        extra: dict = {}  # the body may add fields (input/output fingerprints, summary) recorded with "done"
         try:
-            yield
+            yield extra
         except BaseException as e:
             self._set_stage(stage, {"status": "failed", "inputs_hash": inputs_hash, "started": t0,
                                     "error": f"{type(e).__name__}: {e}"[:500]})
             raise
         self._set_stage(stage, {"status": "done", "inputs_hash": inputs_hash, "started": t0,
-                                "seconds": round(time.time() - t0, 2)})
+                                "seconds": round(time.time() - t0, 2), **extra})
 
     def _set_stage(self, stage: str, info: dict) -> None:
         m = self.manifest()
         m.setdefault("stages", {})[stage] = info
         write_json(self.manifest_path, m)
+
+
+# --------------------------------------------------------------------------- content fingerprints
+# Files that are bookkeeping, not stage outputs: temporaries, partial records, record-writer
+# sidecars, the lock, the fingerprint cache, and caches a stage keeps only to go faster.
+_NOT_OUTPUT_SUFFIXES = (".partial", ".inputs", ".tmp", ".lock")
+_NOT_OUTPUT_DIRS = ("cache", "stale")
+
+
+def _is_output(rel: Path) -> bool:
+    return not (any(part.startswith(".") for part in rel.parts) or rel.name.endswith(_NOT_OUTPUT_SUFFIXES)
+                or any(part in _NOT_OUTPUT_DIRS for part in rel.parts[:-1]))
+
+
+class Fingerprints:
+    """sha256 of run-directory files, cached by (size, mtime_ns) in `.fingerprints.json` so a
+    large unchanged file (trained weights) is hashed once, not on every plan."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cache_path = self.root / ".fingerprints.json"
+        self.cache: dict[str, list] = {}
+        if self.cache_path.exists():
+            with contextlib.suppress(Exception):
+                self.cache = json.loads(self.cache_path.read_text(encoding="utf-8"))
+        self.dirty = False
+
+    def of_file(self, path: Path) -> str:
+        rel = str(path.relative_to(self.root))
+        st = path.stat()
+        hit = self.cache.get(rel)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        sha = sha256_file(path)
+        self.cache[rel] = [st.st_size, st.st_mtime_ns, sha]
+        self.dirty = True
+        return sha
+
+    def of_folders(self, folders: Iterable[str]) -> dict[str, str]:
+        """relative path -> sha256 for every output file under the given top-level folders."""
+        out: dict[str, str] = {}
+        for name in folders:
+            top = self.root / name
+            if not top.is_dir():
+                continue
+            for p in sorted(top.rglob("*")):
+                if p.is_file() and not p.is_symlink() and _is_output(p.relative_to(top)):
+                    out[str(p.relative_to(self.root))] = self.of_file(p)
+        return out
+
+    def matches(self, recorded: dict[str, str]) -> bool:
+        """True when every recorded file exists with the recorded content."""
+        for rel, sha in recorded.items():
+            p = self.root / rel
+            if not p.is_file() or self.of_file(p) != sha:
+                return False
+        return True
+
+    def save(self) -> None:
+        if self.dirty and self.root.is_dir():
+            write_json(self.cache_path, self.cache)
+            self.dirty = False
+
+
+# --------------------------------------------------------------------------- one writer
+@contextlib.contextmanager
+def writer_lock(root: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory for the whole run.
+
+    The lock is an OS file lock (released by the kernel when the process dies, even by kill -9),
+    and the lock file names the holder, so a second writer stops with a message naming it.
+    """
+    import fcntl
+    import socket
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SynthprefError(f"run directory {root} is in use by {holder}; wait for it to finish or stop it, "
+                             "or pass --run-dir to use another folder") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({what}, since "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            fh.truncate()
+        fh.close()  # closing releases the lock
+
+
+def retire(rd: "RunDir", rel: str) -> Path:
+    """Move a run-directory file or folder that the config no longer asks for to `stale/<rel>`
+    (replacing an older stale copy), so no stage reads it but nothing paid for is lost."""
+    import shutil
+
+    src = rd.path(rel)
+    dst = rd.path("stale", rel)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
+    os.replace(src, dst)
+    return dst
+
+
+def retire_unlisted(rd: "RunDir", folder: str, keep: Iterable[str]) -> list[str]:
+    """Retire (see `retire`) every entry of `folder` whose name is not in `keep`; a record file's
+    sidecars (`x.jsonl.partial`, `x.jsonl.inputs`) follow `x.jsonl`. Returns the retired names."""
+    keep = set(keep)
+    top = rd.path(folder)
+    gone = []
+    if not top.is_dir():
+        return gone
+    for p in sorted(top.iterdir()):
+        base = p.name
+        for suffix in (".partial", ".inputs"):
+            base = base.removesuffix(suffix)
+        if base.startswith(".") or base in keep:
+            continue
+        retire(rd, f"{folder}/{p.name}")
+        gone.append(p.name)
+    return gone

@@ -570,6 +570,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         write_json(rd.path("eval", m, "results.json"), res)
         table.append(table_row(m, res))
     write_json(rd.path("eval", "table.json"), table)
+    from ..rundir import retire_unlisted  # results of models no longer evaluated move to stale/
+
+    retire_unlisted(rd, "eval", [*models, *(p.name for p in rd.path("eval").iterdir() if not p.is_dir()), "lm_eval_tasks"])
     return {"models": models, "skipped_settings": missing, "general_offline": offline,
             "n_responses": sum(len(v) for v in gens.values()), "table": table}
 

@@ -31,7 +31,7 @@ from ..chat import user_message
 from ..config import SamplingConfig, StudyConfig
 from ..models import free, pick_device
 from .prompts import read_prompts
-from ..rundir import RecordWriter, RunDir, hash_obj, stable_id, write_json, write_jsonl
+from ..rundir import RecordWriter, RunDir, hash_obj, retire_unlisted, stable_id, write_json, write_jsonl
 
 # Bump when the way a record is produced changes, so old files recompute instead of mixing.
 GENERATE_VERSION = 1
@@ -169,5 +169,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     stats["human"] = {"requested": len(humans), "generated": len(humans),
                       "dropped": sum(r["dropped"] for r in humans), "tokens": None}
     write_json(out / "stats.json", {"version": GENERATE_VERSION, "device": device, "models": stats})
+    # A model no longer in the config must not be scored or paired: its file moves to stale/.
+    retire_unlisted(rd, "generate", [f"{m}.jsonl" for m in stats] + ["stats.json"])
     return {"models": len(stats) - 1, "responses": sum(s["generated"] for s in stats.values()),
             "dropped": sum(s["dropped"] for s in stats.values())}
