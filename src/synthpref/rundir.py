@@ -139,6 +139,7 @@ class RecordWriter:
         self.meta = self.path.with_name(self.path.name + ".inputs")
         self.records: dict[str, dict] = {}
         self._fh = None
+        self._pruned = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old_hash = self.meta.read_text().strip() if self.meta.exists() else None
         if old_hash != inputs_hash:
@@ -162,6 +163,21 @@ class RecordWriter:
     def done(self, key: str) -> bool:
         return key in self.records
 
+    def prune(self, keep) -> list[dict]:
+        """Forget the held records for which `keep(record)` is false (a prompt removed from the
+        config, a response whose text changed); they are left out of the final file. Returns them."""
+        gone = [r for r in self.records.values() if not keep(r)]
+        for r in gone:
+            del self.records[r[self.key]]
+        if gone:
+            self._pruned = True
+            if self._fh is not None:  # rewrite the partial without them
+                self._fh.close()
+                self._fh = None
+            if self.partial.exists():
+                write_jsonl(self.partial, self.records.values())
+        return gone
+
     def add(self, rec: dict) -> None:
         k = rec[self.key]
         if k in self.records:
@@ -177,7 +193,7 @@ class RecordWriter:
     def finish(self) -> list[dict]:
         self.close()
         recs = [self.records[k] for k in sorted(self.records)]
-        if not self.complete or self.partial.exists():
+        if not self.complete or self.partial.exists() or self._pruned:
             write_jsonl(self.path, recs)
         self.partial.unlink(missing_ok=True)
         return recs

@@ -92,7 +92,7 @@ def test_scores_every_response_with_every_scorer(tmp_path):
     kw = read_jsonl(rd.path("score", "kw.jsonl"), required=SCORE_FIELDS)
     judge = read_jsonl(rd.path("score", "judge.jsonl"), required=SCORE_FIELDS)
     assert len(kw) == len(judge) == 6  # dropped responses are not scored
-    assert set(kw[0]) == {"response_id", "prompt_id", "scorer", "score", "harmful", "raw", "parsed", "version"}
+    assert set(kw[0]) == {"response_id", "prompt_id", "item", "scorer", "score", "harmful", "raw", "parsed", "version"}
     by_text = {r["response_id"]: r for r in judge}
     bananas = stable_id("a", prompt_id(PROMPTS[2]))
     assert by_text[bananas]["parsed"] is False and by_text[bananas]["score"] is None

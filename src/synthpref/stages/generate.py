@@ -31,7 +31,7 @@ from ..chat import user_message
 from ..config import SamplingConfig, StudyConfig
 from ..models import free, pick_device
 from .prompts import read_prompts
-from ..rundir import RecordWriter, RunDir, hash_obj, retire_unlisted, stable_id, write_json, write_jsonl
+from ..rundir import RecordWriter, RunDir, hash_obj, read_jsonl, retire_unlisted, stable_id, write_json, write_jsonl
 
 # Bump when the way a record is produced changes, so old files recompute instead of mixing.
 GENERATE_VERSION = 1
@@ -91,14 +91,29 @@ def build_requests(cfg: StudyConfig, name: str, prompts: list[dict], plan: Model
 
 
 def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan) -> str:
-    """What a model's records depend on: its spec (minus runtime-only options), sampling, prompt ids, seed."""
+    """What a model's records depend on: its spec (minus runtime-only options), sampling and seed.
+
+    The prompt ids are not part of it: each record is keyed by (model, prompt, kind, sample, seed),
+    so adding prompts generates only their records and removing one drops only its records (they
+    move to stale/generate/<model>.jsonl, see `generate_model`)."""
     spec = cfg.models[name].model_dump(mode="json")
     runtime = get_backend_class(cfg.models[name].backend).RUNTIME_OPTIONS
     spec["options"] = {k: v for k, v in spec["options"].items() if k not in runtime}
     return hash_obj({"version": GENERATE_VERSION, "model": name, "spec": spec,
                      "num_samples": plan.num_samples, "greedy": plan.greedy,
                      "params": {k: v for k, v in asdict(plan.params).items() if k != "batch_size"},
-                     "min_chars": plan.min_chars, "prompts": [p["prompt_id"] for p in prompts], "seed": cfg.seed})
+                     "min_chars": plan.min_chars, "seed": cfg.seed})
+
+
+def _keep_stale(rd: RunDir, name: str, gone: list[dict]) -> None:
+    """Records of prompts or samples no longer asked for go to stale/generate/<name>.jsonl (merged
+    with what is there), so paid answers are kept on disk but never read by a stage."""
+    if not gone:
+        return
+    path = rd.path("stale", "generate", f"{name}.jsonl")
+    old = {r["response_id"]: r for r in (read_jsonl(path) if path.exists() else [])}
+    old.update({r["response_id"]: r for r in gone})
+    write_jsonl(path, [old[k] for k in sorted(old)])
 
 
 def is_dropped(text: str, min_chars: int) -> bool:
@@ -132,6 +147,8 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     todo = build_requests(cfg, name, prompts, plan)
     writer = RecordWriter(rd.path("generate", f"{name}.jsonl"), "response_id",
                           model_inputs_hash(cfg, name, prompts, plan))
+    wanted = {req.key for req, _ in todo}
+    _keep_stale(rd, name, writer.prune(lambda r: r["response_id"] in wanted))
     pending = [(req, rec) for req, rec in todo if not writer.done(req.key)]
     t0, new_tokens, load_s = time.perf_counter(), 0, 0.0
     if pending:  # a complete file (or a partial holding every record) needs no model load
@@ -144,7 +161,8 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
                 task = bar.add_task(f"generate {name}", total=len(todo), completed=len(todo) - len(pending), tps=0.0)
                 for res in backend.generate([req for req, _ in pending], plan.params):
                     writer.add({**skeleton[res.key], "text": res.text, "n_tokens": res.n_tokens,
-                                "finish_reason": res.finish_reason, "dropped": is_dropped(res.text, plan.min_chars)})
+                                "finish_reason": res.finish_reason, "refused_by_api": res.refused,
+                                "dropped": res.refused or is_dropped(res.text, plan.min_chars)})
                     new_tokens += res.n_tokens
                     bar.update(task, advance=1, tps=new_tokens / max(time.perf_counter() - t0, 1e-9))
         finally:
@@ -154,6 +172,7 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     seconds = time.perf_counter() - t0 if pending else 0.0
     recs = writer.finish()
     return {"requested": len(todo), "generated": len(recs), "dropped": sum(bool(r["dropped"]) for r in recs),
+            "refused_by_api": sum(bool(r.get("refused_by_api")) for r in recs),
             "tokens": sum(r["n_tokens"] or 0 for r in recs), "new_tokens": new_tokens,
             "load_seconds": round(load_s, 3), "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 2) if new_tokens else None}
