@@ -346,6 +346,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}': expected key.sub=value")
         k, v = ov.split("=", 1)
+        if not k.strip() or any(not part for part in k.strip().split(".")):
+            raise ConfigError(f"override '{ov}': empty key name; write it as key.sub=value, e.g. train.beta=0.05")
         try:
             val = yaml.safe_load(v) if v != "" else None
         except yaml.YAMLError:
@@ -409,9 +411,23 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass the study YAML file inside it") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror}); check the path and its permissions") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: is a binary file, not a YAML config; pass the study .yaml file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    if not text.strip() or all(not l.strip() or l.lstrip().startswith("#") for l in text.splitlines()):
+        raise ConfigError(f"{path}: the config is empty; start from configs/demo.yaml or `synthpref validate` "
+                          "an example (it needs at least name, models, target and prompts.train)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -420,7 +436,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{where}: malformed YAML ({problem}); fix the syntax there") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of study settings at the top level")
+        raise ConfigError(f"{path}: expected a mapping of study settings (name: ..., models: ...) at the top level, "
+                          f"got a {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return parse_config(data, str(path))
 

@@ -78,14 +78,29 @@ def read_json(path) -> Any:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); delete the file to recompute it") from None
 
 
+def _read_lines(path: Path) -> list[str]:
+    """A text file's lines; a missing, unreadable or non-UTF-8 file is an error naming file:line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file; point to the file inside it") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff").splitlines()
+
+
 def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
     """Read a JSONL file; a malformed line or a missing field is an error naming file:line."""
     path = Path(path)
     out: list[dict] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    lines = _read_lines(path)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -97,7 +112,7 @@ def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
             raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
         missing = [k for k in required if k not in rec]
         if missing:
-            raise DataError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+            raise DataError(f"{path}:{i}: missing field(s) {', '.join(missing)}; add them or remove that line")
         out.append(rec)
     return out
 
@@ -148,11 +163,18 @@ class RecordWriter:
             write_text(self.meta, inputs_hash + "\n")
         for source in (self.path, self.partial):
             if source.exists():
-                for line in source.read_text(encoding="utf-8").splitlines():
+                lines = _read_lines(source)
+                for i, line in enumerate(lines, 1):
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
-                        continue  # torn final line from a kill
+                        if source == self.partial and i == len(lines):
+                            continue  # torn final line from a kill
+                        raise DataError(f"{source}:{i}: malformed JSON record; delete the file to recompute "
+                                        "its records") from None
+                    if not isinstance(rec, dict) or key not in rec:
+                        raise DataError(f"{source}:{i}: record has no '{key}' field; delete the file to "
+                                        "recompute its records") from None
                     self.records.setdefault(rec[key], rec)
 
     @property
