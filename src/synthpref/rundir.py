@@ -88,6 +88,9 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(f"{path}: is a folder, not a file; point to the file inside it") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror}); check its permissions") from None
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: binary data (a NUL byte), not text; point to the text file meant")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

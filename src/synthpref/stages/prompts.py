@@ -30,7 +30,7 @@ def prompt_id(text: str) -> str:
     return stable_id("prompt", normalise(text))
 
 
-def _csv_rows(path: Path, skip_comment: bool = True, required: tuple[str, ...] = ()) -> list[dict]:
+def _csv_rows(path: Path, skip_comment: bool = True, required: tuple[str, ...] = (), strict: bool = False) -> list[dict]:
     """Rows of a CSV file; unreadable text, a malformed row or a missing `required` column is a
     one-line error naming the file (and line). Cells missing from a short row are None."""
     from ..rundir import _read_lines
@@ -41,7 +41,7 @@ def _csv_rows(path: Path, skip_comment: bool = True, required: tuple[str, ...] =
         lines, first = lines[1:], 2
     if not lines:
         raise DataError(f"{path}: empty CSV file; it needs a header row and one row per prompt")
-    reader = csv.DictReader(lines)
+    reader = csv.DictReader(lines, strict=strict)
     try:
         rows = list(reader)
     except csv.Error as e:
@@ -162,7 +162,7 @@ def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     if suffix == ".jsonl":
         rows = read_jsonl(path)
     elif suffix == ".csv":
-        rows = _csv_rows(path)
+        rows = _csv_rows(path, strict=True)
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
