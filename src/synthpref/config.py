@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, did_you_mean
 
@@ -27,7 +27,17 @@ class ModelSpec(Strict):
     """A named model: a packaged asset name, a local path, a hub id, or an API model name."""
 
     path: str = Field(description="packaged asset name (see `synthpref fetch --list`), local folder, hub id, or API model name")
-    backend: Literal["hf", "vllm", "openai", "llamacpp"] = Field("hf", description="generation backend")
+    backend: str = Field("hf", description="generation backend: a name in backends/generation REGISTRY "
+                         "(hf, vllm, openai, llamacpp)")
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from .backends.generation import REGISTRY  # the registry is the one list of backends
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown generation backend '{v}'{did_you_mean(v, REGISTRY)}")
+        return v
+
     chat_template: str | None = Field(
         None, description="Jinja chat template to use when the tokenizer has none (None: the model's own; "
         "a base model without one falls back to `plain_template`)")
@@ -91,8 +101,19 @@ class GenerateConfig(Strict):
 
 # --------------------------------------------------------------------------- scoring
 class ScorerSpec(Strict):
-    kind: Literal["reward_model", "llm_judge", "keywords", "embedding_rm"]
+    kind: str = Field(description="scorer kind: a name in backends/scoring REGISTRY "
+                      "(reward_model, llm_judge, keywords, embedding_rm)")
     model: str | None = Field(None, description="model name from `models`, asset name, path or hub id")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from .backends.scoring import REGISTRY  # the registry is the one list of scorer kinds
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown scorer kind '{v}'{did_you_mean(v, REGISTRY)}")
+        return v
+
     rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 | harmbench_yesno | strongreject")
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(512, ge=8, description="truncation for reward models (paper: 512)")
