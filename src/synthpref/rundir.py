@@ -78,10 +78,14 @@ def read_json(path) -> Any:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); delete the file to recompute it") from None
 
 
-def _read_lines(path: Path) -> list[str]:
-    """A text file's lines; a missing, unreadable or non-UTF-8 file is an error naming file:line."""
+def _read_lines(path: Path, torn_tail: bool = False) -> list[str]:
+    """A text file's lines; a missing, unreadable or non-UTF-8 file is an error naming file:line.
+    `torn_tail`: the file is appended to by a process that may have died (a `.partial`), so zero
+    bytes a crash left at its end are dropped."""
     try:
         raw = path.read_bytes()
+        if torn_tail:
+            raw = raw.rstrip(b"\0")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -166,7 +170,7 @@ class RecordWriter:
             write_text(self.meta, inputs_hash + "\n")
         for source in (self.path, self.partial):
             if source.exists():
-                lines = _read_lines(source)
+                lines = _read_lines(source, torn_tail=source == self.partial)
                 for i, line in enumerate(lines, 1):
                     try:
                         rec = json.loads(line)
