@@ -29,7 +29,7 @@ from .config import StudyConfig, dump_config
 from .stages.prompts import source_kind
 from .rundir import Fingerprints, RunDir, hash_obj, sha256_file, write_text, writer_lock
 
-# stage -> config sections it depends on (besides the stage before it)
+# stage -> config sections it reads (its key chains them with those of the stages before it)
 STAGES: dict[str, tuple[str, ...]] = {
     "prompts": ("prompts", "prompt_files", "seed"),
     "generate": ("models", "target", "roles", "generate", "pairs", "seed", "device"),
@@ -45,7 +45,9 @@ STAGES: dict[str, tuple[str, ...]] = {
 # stage -> run-directory folders it writes (default: the folder named after the stage)
 OUTPUTS: dict[str, tuple[str, ...]] = {"evaluate": ("eval",)}
 
-# stage -> stages whose output folders it reads (default: every stage before it)
+# stage -> stages whose output folders it reads (default: every stage before it). A new stage
+# needs one STAGES entry; list it here only to narrow what it reads, and add it to the READS of
+# any listed stage that reads its outputs.
 READS: dict[str, tuple[str, ...]] = {
     "prompts": (),
     "generate": ("prompts",),
