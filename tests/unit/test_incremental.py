@@ -129,6 +129,7 @@ def test_api_refusals_are_recorded_once_and_not_fatal(server, tmp_path):
     summary = generate.run(cfg, rd)
     recs = read_jsonl(rd.path("generate", "api.jsonl"))
     assert summary["responses"] == len(recs) == 3 * (SAMPLES + 1)
+    assert summary["refused_by_api"] == 2 * (SAMPLES + 1)
     refused = [r for r in recs if r["refused_by_api"]]
     assert len(refused) == 2 * (SAMPLES + 1)
     assert all(r["dropped"] and r["finish_reason"] == "refused" for r in refused)

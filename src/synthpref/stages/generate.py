@@ -191,4 +191,5 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     # A model no longer in the config must not be scored or paired: its file moves to stale/.
     retire_unlisted(rd, "generate", [f"{m}.jsonl" for m in stats] + ["stats.json"])
     return {"models": len(stats) - 1, "responses": sum(s["generated"] for s in stats.values()),
-            "dropped": sum(s["dropped"] for s in stats.values())}
+            "dropped": sum(s["dropped"] for s in stats.values()),
+            "refused_by_api": sum(s.get("refused_by_api", 0) for s in stats.values())}
