@@ -74,12 +74,12 @@ def server():
 SAMPLES = 2  # plus one greedy answer per prompt
 
 
-def _cfg(server, tmp_path, models=("api", "api2")):
+def _cfg(server, tmp_path, models=("api", "api2"), samples=SAMPLES):
     opts = {"api_base": server.base, "api_key_env": None, "max_concurrency": 2, "max_retries": 1, "backoff_s": 0.0}
     return parse_config({
         "name": "inc", "seed": 5, "run_dir": str(tmp_path / "run"),
         "models": {m: {"path": f"gpt-{m}", "backend": "openai", "options": opts} for m in models},
-        "target": models[0], "generate": {"sources": list(models), "sampling": {"num_samples": SAMPLES, "min_chars": 0}},
+        "target": models[0], "generate": {"sources": list(models), "sampling": {"num_samples": samples, "min_chars": 0}},
         "pairs": {"settings": ["self_rm"]}, "prompts": {"train": {"source": "advbench"}},
     })
 
@@ -139,3 +139,15 @@ def test_api_refusals_are_recorded_once_and_not_fatal(server, tmp_path):
     server.calls.clear()
     generate.run(cfg, rd)
     assert sum(server.calls.values()) == 0  # answered (even by a refusal) means never asked again
+
+
+def test_one_more_sample_asks_only_for_it(server, tmp_path):
+    rd = RunDir(_cfg(server, tmp_path).run_path).create()
+    _prompts(rd, [f"ok prompt {i}" for i in range(3)])
+    generate.run(_cfg(server, tmp_path, models=("api",)), rd)
+    before = read_jsonl(rd.path("generate", "api.jsonl"))
+    server.calls.clear()
+    generate.run(_cfg(server, tmp_path, models=("api",), samples=SAMPLES + 1), rd)
+    assert sum(server.calls.values()) == 3  # one new sample per prompt
+    after = {r["response_id"]: r for r in read_jsonl(rd.path("generate", "api.jsonl"))}
+    assert len(after) == 3 * (SAMPLES + 2) and all(after[r["response_id"]] == r for r in before)

@@ -93,14 +93,14 @@ def build_requests(cfg: StudyConfig, name: str, prompts: list[dict], plan: Model
 def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan) -> str:
     """What a model's records depend on: its spec (minus runtime-only options), sampling and seed.
 
-    The prompt ids are not part of it: each record is keyed by (model, prompt, kind, sample, seed),
-    so adding prompts generates only their records and removing one drops only its records (they
+    The prompt ids and the number of samples are not part of it: each record is keyed by (model,
+    prompt, kind, sample index, seed) and its sampling seed derives from that key, so adding
+    prompts or samples generates only the new records, and removing some drops only theirs (they
     move to stale/generate/<model>.jsonl, see `generate_model`)."""
     spec = cfg.models[name].model_dump(mode="json")
     runtime = get_backend_class(cfg.models[name].backend).RUNTIME_OPTIONS
     spec["options"] = {k: v for k, v in spec["options"].items() if k not in runtime}
     return hash_obj({"version": GENERATE_VERSION, "model": name, "spec": spec,
-                     "num_samples": plan.num_samples, "greedy": plan.greedy,
                      "params": {k: v for k, v in asdict(plan.params).items() if k != "batch_size"},
                      "min_chars": plan.min_chars, "seed": cfg.seed})
 
