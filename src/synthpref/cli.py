@@ -83,10 +83,13 @@ def cmd_fetch(args) -> int:
         from rich.console import Console
         from rich.table import Table
 
+        rows = assets.listing()
         t = Table(title=f"packaged assets (cache: {assets.cache_dir()})")
-        for c in ("name", "kind", "size MB", "licence", "cached", "source"):
-            t.add_column(c)
-        for a in assets.listing():
+        # Names are typed by the user: never cut or wrapped; the free-text columns fold instead.
+        t.add_column("name", no_wrap=True, min_width=max((len(a["name"]) for a in rows), default=4))
+        for c in ("kind", "size MB", "licence", "cached", "source"):
+            t.add_column(c, overflow="fold", no_wrap=c in ("kind", "size MB", "cached"))
+        for a in rows:
             t.add_row(a["name"], a["kind"], f"{a['size_mb']:g}", a["licence"], "yes" if a["cached"] else "no", a["source"])
         Console().print(t)
         return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, did_you_mean
 
@@ -28,8 +28,17 @@ class ModelSpec(Strict):
     """A named model: a packaged asset name, a local path, a hub id, or an API model name."""
 
     path: str = Field(description="packaged asset name (see `synthpref fetch --list`), local folder, hub id, or API model name")
-    backend: Literal["hf", "vllm", "openai", "llamacpp", "responses"] = Field(
-        "hf", description="generation backend (responses: answers read from a prompt/response JSONL file or URL)")
+    backend: str = Field("hf", description="generation backend: a name in backends/generation REGISTRY "
+                         "(hf, vllm, openai, llamacpp, responses: answers read from a prompt/response JSONL file or URL)")
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from .backends.generation import REGISTRY  # the registry is the one list of backends
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown generation backend '{v}'{did_you_mean(v, REGISTRY)}")
+        return v
+
     chat_template: str | None = Field(
         None, description="Jinja chat template to use when the tokenizer has none (None: the model's own; "
         "a base model without one falls back to `plain_template`)")
@@ -99,8 +108,19 @@ class GenerateConfig(Strict):
 
 # --------------------------------------------------------------------------- scoring
 class ScorerSpec(Strict):
-    kind: Literal["reward_model", "llm_judge", "keywords", "embedding_rm"]
+    kind: str = Field(description="scorer kind: a name in backends/scoring REGISTRY "
+                      "(reward_model, llm_judge, keywords, embedding_rm)")
     model: str | None = Field(None, description="model name from `models`, asset name, path or hub id")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from .backends.scoring import REGISTRY  # the registry is the one list of scorer kinds
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown scorer kind '{v}'{did_you_mean(v, REGISTRY)}")
+        return v
+
     rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 (our rubric) | harmbench_yesno | strongreject")
     rubric_file: str | None = Field(
         None, description="llm_judge: a rubric file of your own (e.g. the authors' judge prompt) instead of `rubric`; "
@@ -389,6 +409,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}': expected key.sub=value")
         k, v = ov.split("=", 1)
+        if not k.strip() or any(not part for part in k.strip().split(".")):
+            raise ConfigError(f"override '{ov}': empty key name; write it as key.sub=value, e.g. train.beta=0.05")
         try:
             val = yaml.safe_load(v) if v != "" else None
         except yaml.YAMLError:
@@ -452,9 +474,23 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass the study YAML file inside it") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror}); check the path and its permissions") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: is a binary file, not a YAML config; pass the study .yaml file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    if not text.strip() or all(not l.strip() or l.lstrip().startswith("#") for l in text.splitlines()):
+        raise ConfigError(f"{path}: the config is empty; start from configs/demo.yaml or `synthpref validate` "
+                          "an example (it needs at least name, models, target and prompts.train)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -463,7 +499,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{where}: malformed YAML ({problem}); fix the syntax there") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of study settings at the top level")
+        raise ConfigError(f"{path}: expected a mapping of study settings (name: ..., models: ...) at the top level, "
+                          f"got a {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return parse_config(data, str(path))
 

@@ -78,14 +78,36 @@ def read_json(path) -> Any:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); delete the file to recompute it") from None
 
 
+def _read_lines(path: Path, torn_tail: bool = False) -> list[str]:
+    """A text file's lines; a missing, unreadable or non-UTF-8 file is an error naming file:line.
+    `torn_tail`: the file is appended to by a process that may have died (a `.partial`), so zero
+    bytes a crash left at its end are dropped."""
+    try:
+        raw = path.read_bytes()
+        if torn_tail:
+            raw = raw.rstrip(b"\0")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file; point to the file inside it") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror}); check its permissions") from None
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: binary data (a NUL byte), not text; point to the text file meant")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff").splitlines()
+
+
 def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
     """Read a JSONL file; a malformed line or a missing field is an error naming file:line."""
     path = Path(path)
     out: list[dict] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    lines = _read_lines(path)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -97,7 +119,7 @@ def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
             raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
         missing = [k for k in required if k not in rec]
         if missing:
-            raise DataError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+            raise DataError(f"{path}:{i}: missing field(s) {', '.join(missing)}; add them or remove that line")
         out.append(rec)
     return out
 
@@ -139,6 +161,7 @@ class RecordWriter:
         self.meta = self.path.with_name(self.path.name + ".inputs")
         self.records: dict[str, dict] = {}
         self._fh = None
+        self._pruned = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old_hash = self.meta.read_text().strip() if self.meta.exists() else None
         if old_hash != inputs_hash:
@@ -147,11 +170,18 @@ class RecordWriter:
             write_text(self.meta, inputs_hash + "\n")
         for source in (self.path, self.partial):
             if source.exists():
-                for line in source.read_text(encoding="utf-8").splitlines():
+                lines = _read_lines(source, torn_tail=source == self.partial)
+                for i, line in enumerate(lines, 1):
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
-                        continue  # torn final line from a kill
+                        if source == self.partial and i == len(lines):
+                            continue  # torn final line from a kill
+                        raise DataError(f"{source}:{i}: malformed JSON record; delete the file to recompute "
+                                        "its records") from None
+                    if not isinstance(rec, dict) or key not in rec:
+                        raise DataError(f"{source}:{i}: record has no '{key}' field; delete the file to "
+                                        "recompute its records") from None
                     self.records.setdefault(rec[key], rec)
 
     @property
@@ -161,6 +191,21 @@ class RecordWriter:
 
     def done(self, key: str) -> bool:
         return key in self.records
+
+    def prune(self, keep) -> list[dict]:
+        """Forget the held records for which `keep(record)` is false (a prompt removed from the
+        config, a response whose text changed); they are left out of the final file. Returns them."""
+        gone = [r for r in self.records.values() if not keep(r)]
+        for r in gone:
+            del self.records[r[self.key]]
+        if gone:
+            self._pruned = True
+            if self._fh is not None:  # rewrite the partial without them
+                self._fh.close()
+                self._fh = None
+            if self.partial.exists():
+                write_jsonl(self.partial, self.records.values())
+        return gone
 
     def add(self, rec: dict) -> None:
         k = rec[self.key]
@@ -177,7 +222,7 @@ class RecordWriter:
     def finish(self) -> list[dict]:
         self.close()
         recs = [self.records[k] for k in sorted(self.records)]
-        if not self.complete or self.partial.exists():
+        if not self.complete or self.partial.exists() or self._pruned:
             write_jsonl(self.path, recs)
         self.partial.unlink(missing_ok=True)
         return recs
@@ -274,20 +319,155 @@ class RunDir:
         return bool(s and s.get("status") == "done" and s.get("inputs_hash") == inputs_hash)
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[None]:
+    def stage_run(self, stage: str, inputs_hash: str) -> Iterator[dict]:
         """Mark a stage running/done/failed in the manifest around its body, with timing."""
         t0 = time.time()
         self._set_stage(stage, {"status": "running", "inputs_hash": inputs_hash, "started": t0})
+        extra: dict = {}  # the body may add fields (input/output fingerprints, summary) recorded with "done"
         try:
-            yield
+            yield extra
         except BaseException as e:
             self._set_stage(stage, {"status": "failed", "inputs_hash": inputs_hash, "started": t0,
                                     "error": f"{type(e).__name__}: {e}"[:500]})
             raise
         self._set_stage(stage, {"status": "done", "inputs_hash": inputs_hash, "started": t0,
-                                "seconds": round(time.time() - t0, 2)})
+                                "seconds": round(time.time() - t0, 2), **extra})
 
     def _set_stage(self, stage: str, info: dict) -> None:
         m = self.manifest()
         m.setdefault("stages", {})[stage] = info
         write_json(self.manifest_path, m)
+
+
+# --------------------------------------------------------------------------- content fingerprints
+# Files that are bookkeeping, not stage outputs: temporaries, partial records, record-writer
+# sidecars, the lock, the fingerprint cache, and caches a stage keeps only to go faster.
+_NOT_OUTPUT_SUFFIXES = (".partial", ".inputs", ".tmp", ".lock")
+_NOT_OUTPUT_DIRS = ("cache", "stale")
+
+
+def _is_output(rel: Path) -> bool:
+    return not (any(part.startswith(".") for part in rel.parts) or rel.name.endswith(_NOT_OUTPUT_SUFFIXES)
+                or any(part in _NOT_OUTPUT_DIRS for part in rel.parts[:-1]))
+
+
+class Fingerprints:
+    """sha256 of run-directory files, cached by (size, mtime_ns) in `.fingerprints.json` so a
+    large unchanged file (trained weights) is hashed once, not on every plan."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cache_path = self.root / ".fingerprints.json"
+        self.cache: dict[str, list] = {}
+        if self.cache_path.exists():
+            with contextlib.suppress(Exception):
+                self.cache = json.loads(self.cache_path.read_text(encoding="utf-8"))
+        self.dirty = False
+
+    def of_file(self, path: Path) -> str:
+        rel = str(path.relative_to(self.root))
+        st = path.stat()
+        hit = self.cache.get(rel)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        sha = sha256_file(path)
+        self.cache[rel] = [st.st_size, st.st_mtime_ns, sha]
+        self.dirty = True
+        return sha
+
+    def of_folders(self, folders: Iterable[str]) -> dict[str, str]:
+        """relative path -> sha256 for every output file under the given top-level folders."""
+        out: dict[str, str] = {}
+        for name in folders:
+            top = self.root / name
+            if not top.is_dir():
+                continue
+            for p in sorted(top.rglob("*")):
+                if p.is_file() and not p.is_symlink() and _is_output(p.relative_to(top)):
+                    out[str(p.relative_to(self.root))] = self.of_file(p)
+        return out
+
+    def matches(self, recorded: dict[str, str]) -> bool:
+        """True when every recorded file exists with the recorded content."""
+        for rel, sha in recorded.items():
+            p = self.root / rel
+            if not p.is_file() or self.of_file(p) != sha:
+                return False
+        return True
+
+    def save(self) -> None:
+        if self.dirty and self.root.is_dir():
+            write_json(self.cache_path, self.cache)
+            self.dirty = False
+
+
+# --------------------------------------------------------------------------- one writer
+@contextlib.contextmanager
+def writer_lock(root: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory for the whole run.
+
+    The lock is an OS file lock (released by the kernel when the process dies, even by kill -9),
+    and the lock file names the holder, so a second writer stops with a message naming it.
+    """
+    import fcntl
+    import socket
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SynthprefError(f"run directory {root} is in use by {holder}; wait for it to finish or stop it, "
+                             "or pass --run-dir to use another folder") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({what}, since "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            fh.truncate()
+        fh.close()  # closing releases the lock
+
+
+def retire(rd: "RunDir", rel: str) -> Path:
+    """Move a run-directory file or folder that the config no longer asks for to `stale/<rel>`
+    (replacing an older stale copy), so no stage reads it but nothing paid for is lost."""
+    import shutil
+
+    src = rd.path(rel)
+    dst = rd.path("stale", rel)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
+    os.replace(src, dst)
+    return dst
+
+
+def retire_unlisted(rd: "RunDir", folder: str, keep: Iterable[str]) -> list[str]:
+    """Retire (see `retire`) every entry of `folder` whose name is not in `keep`; a record file's
+    sidecars (`x.jsonl.partial`, `x.jsonl.inputs`) follow `x.jsonl`. Returns the retired names."""
+    keep = set(keep)
+    top = rd.path(folder)
+    gone = []
+    if not top.is_dir():
+        return gone
+    for p in sorted(top.iterdir()):
+        base = p.name
+        for suffix in (".partial", ".inputs"):
+            base = base.removesuffix(suffix)
+        if base.startswith(".") or base in keep:
+            continue
+        retire(rd, f"{folder}/{p.name}")
+        gone.append(p.name)
+    return gone

@@ -4,9 +4,17 @@ The sft stage (optional, `train.sft.enabled`) comes before generation, as in the
 target's responses, the probe's hidden states and DPO all come from the SFT model.
 
 Each stage is a module with `run(cfg, rd) -> dict` that reads the previous stages' outputs from
-the run directory and writes its own. A stage's inputs hash is the hash of the config sections
-it reads chained with the hash of the stage before it, so changing, say, `train.beta` re-runs
-train, evaluate and report, while generation is reused. Inside a stage, work is cached per record.
+the run directory and writes its own. A stage's key is computed just before it would run:
+
+    key = hash(config sections it reads, chained with the stages before it,
+               sha256 of every file in the run-directory folders it reads)
+
+and the manifest records the key, those input fingerprints and the fingerprints of every file the
+stage wrote. A stage is "done" only when its recorded key equals the current key *and* every
+recorded output still exists with its recorded content. So whichever path ran last (`run`,
+`--only`, a single-stage command), a stage whose inputs changed on disk, or whose outputs were
+edited or deleted, runs again; an unchanged one is skipped. Inside a stage, work is cached per
+record. Only one process writes a run directory at a time (`rundir.writer_lock`).
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from rich.table import Table
 from . import __version__
 from .config import StudyConfig, dump_config
 from .stages.prompts import source_kind
-from .rundir import RunDir, hash_obj, sha256_file, write_text
+from .rundir import Fingerprints, RunDir, hash_obj, sha256_file, write_text, writer_lock
 
-# stage -> config sections it depends on (besides the stage before it)
+# stage -> config sections it reads (its key chains them with those of the stages before it)
 STAGES: dict[str, tuple[str, ...]] = {
     "prompts": ("prompts", "prompt_files", "seed"),
     "sft": ("sft_inputs",),  # SFT before generation: Self responses, probe and DPO all use the SFT model
@@ -36,6 +44,35 @@ STAGES: dict[str, tuple[str, ...]] = {
     "evaluate": ("evaluate", "prompts"),
     "report": ("report",),
 }
+
+
+# stage -> run-directory folders it writes (default: the folder named after the stage)
+OUTPUTS: dict[str, tuple[str, ...]] = {"sft": ("train/sft",), "evaluate": ("eval",)}
+
+# stage -> stages whose output folders it reads (default: every stage before it). A new stage
+# needs one STAGES entry; list it here only to narrow what it reads, and add it to the READS of
+# any listed stage that reads its outputs.
+READS: dict[str, tuple[str, ...]] = {
+    "prompts": (),
+    "sft": (),
+    "generate": ("prompts", "sft"),
+    "score": ("prompts", "generate"),
+    "pairs": ("prompts", "generate", "score"),
+    "probe": ("pairs", "sft"),
+    "train": ("pairs", "sft"),
+    "evaluate": ("prompts", "train"),
+}
+
+
+def outputs_of(stage: str) -> tuple[str, ...]:
+    return OUTPUTS.get(stage, (stage,))
+
+
+def reads_of(stage: str) -> tuple[str, ...]:
+    if stage in READS:
+        return READS[stage]
+    order = list(STAGES)
+    return tuple(order[: order.index(stage)])
 
 
 def _prompt_file_hashes(cfg: StudyConfig) -> dict[str, str]:
@@ -69,39 +106,84 @@ def stage_module(stage: str):
     return importlib.import_module(f"synthpref.stages.{stage}")
 
 
+def input_fingerprints(rd: RunDir, stage: str, fp: Fingerprints) -> dict[str, str]:
+    return fp.of_folders([f for s in reads_of(stage) for f in outputs_of(s)])
+
+
+def stage_key(config_hash: str, inputs: dict[str, str]) -> str:
+    return hash_obj({"config": config_hash, "inputs": inputs})
+
+
+def is_current(rd: RunDir, stage: str, config_hash: str, fp: Fingerprints) -> bool:
+    """Recorded key == key of the config and the input files on disk now, and every recorded
+    output still exists with its recorded content."""
+    s = rd.manifest().get("stages", {}).get(stage) or {}
+    if s.get("status") != "done" or "outputs" not in s:
+        return False
+    return (s.get("inputs_hash") == stage_key(config_hash, input_fingerprints(rd, stage, fp))
+            and fp.matches(s["outputs"]))
+
+
 def plan(cfg: StudyConfig, rd: RunDir, only: Iterable[str] | None = None) -> list[tuple[str, bool]]:
+    """(stage, up to date) for the wanted stages, judged on the run directory as it is now (a
+    stage downstream of one that will re-run shows as up to date until that one has run)."""
     hashes = stage_hashes(cfg)
     wanted = list(only) if only else list(STAGES)
-    return [(s, rd.stage_done(s, hashes[s])) for s in STAGES if s in wanted]
+    fp = Fingerprints(rd.root)
+    return [(s, is_current(rd, s, hashes[s], fp)) for s in STAGES if s in wanted]
 
 
 def run_study(cfg: StudyConfig, *, only: Iterable[str] | None = None, force: bool = False,
               console: Console | None = None) -> dict[str, dict]:
     console = console or Console(stderr=True)
     rd = RunDir(cfg.run_path).create()
+    with writer_lock(rd.root, f"synthpref run {cfg.name}"):
+        return _run_locked(cfg, rd, only, force, console)
+
+
+def _run_locked(cfg: StudyConfig, rd: RunDir, only, force: bool, console: Console) -> dict[str, dict]:
     cfg_dict = cfg.model_dump(mode="json")
     write_text(rd.path("config.yaml"), dump_config(cfg))
     rd.init_manifest(cfg_dict, cfg.seed)
     hashes = stage_hashes(cfg)
     results: dict[str, dict] = {}
-    steps = plan(cfg, rd, only)
+    wanted = list(only) if only else list(STAGES)
+    steps = [s for s in STAGES if s in wanted]
+    fp = Fingerprints(rd.root)
     t_all = time.time()
-    for i, (stage, done) in enumerate(steps, 1):
-        if done and not force:
+    for i, stage in enumerate(steps, 1):
+        # The key is taken now, after the stages before it ran, from the files it will read.
+        inputs = input_fingerprints(rd, stage, fp)
+        key = stage_key(hashes[stage], inputs)
+        if not force and is_current(rd, stage, hashes[stage], fp):
             console.print(f"[dim][{i}/{len(steps)}] {stage}: up to date, skipped[/dim]")
             results[stage] = rd.manifest()["stages"][stage].get("summary", {})
             continue
+        if only:
+            _warn_stale_upstream(console, cfg, rd, stage, hashes, fp, wanted)
         console.rule(f"[bold][{i}/{len(steps)}] {stage}")
         t0 = time.time()
-        with rd.stage_run(stage, hashes[stage]):
+        with rd.stage_run(stage, key) as record:
             summary = stage_module(stage).run(cfg, rd) or {}
+            record.update(inputs=inputs, outputs=fp.of_folders(outputs_of(stage)), summary=summary)
+        fp.save()
         results[stage] = summary
-        m = rd.manifest()
-        m["stages"][stage]["summary"] = summary
-        rd.update_manifest(stages=m["stages"])
         console.print(f"[green]{stage} done[/green] in {time.time() - t0:.1f}s")
+    fp.save()
     _print_summary(console, cfg, rd, results, time.time() - t_all)
     return results
+
+
+def _warn_stale_upstream(console: Console, cfg: StudyConfig, rd: RunDir, stage: str, hashes: dict,
+                         fp: Fingerprints, wanted: list[str]) -> None:
+    """With --only, a stage may read outputs of a stage that is itself out of date. It then runs on
+    what is on disk (its key records exactly those files), and says so: the next full run redoes
+    the upstream stage and, because the files it reads then change, this one too."""
+    stale = [s for s in reads_of(stage) if s not in wanted and not is_current(rd, s, hashes[s], fp)]
+    if stale:
+        console.print(f"[yellow]note: {stage} reads the outputs of {', '.join(stale)}, which "
+                      f"{'is' if len(stale) == 1 else 'are'} not up to date with the config; it uses the files "
+                      f"on disk now, and a full `synthpref run` will redo {', '.join(stale)} and then {stage}[/yellow]")
 
 
 def _print_summary(console: Console, cfg: StudyConfig, rd: RunDir, results: dict, seconds: float) -> None:

@@ -71,3 +71,11 @@ def mean_and_stderr(values: Iterable[float | None]) -> dict:
     m = sum(xs) / n
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
     return {"value": m, "stderr": sd / math.sqrt(n), "n": n}
+
+
+def normal_interval(value: float | None, stderr: float | None, confidence: float = 0.95) -> list[float] | None:
+    """value +- z * stderr, for means that are not proportions (None without a stderr)."""
+    if value is None or stderr is None:
+        return None
+    z = z_value(confidence)
+    return [value - z * stderr, value + z * stderr]

@@ -2,10 +2,12 @@
 
 Response record (generate/<model>.jsonl; human responses in generate/human.jsonl):
     {response_id, prompt_id, model, backend, seed, kind, sample_index, text, n_tokens,
-     finish_reason, dropped}
+     finish_reason, refused_by_api, dropped}
+    refused_by_api: the API declined to answer (content filter); such records are also dropped.
     kind: "greedy" | "sample" | "human_chosen" | "human_rejected"
 Score record (score/<scorer>.jsonl):
-    {response_id, prompt_id, scorer, score, harmful, raw, parsed, version}
+    {response_id, prompt_id, item, scorer, score, harmful, raw, parsed, version}
+    item: fingerprint of the (prompt, response) text scored, so a changed response is re-scored.
     score: higher = better (safer / more preferred); None when unparseable.
     harmful: True/False/None (None = the scorer could not tell), used for ASR.
 """

@@ -92,7 +92,7 @@ def test_scores_every_response_with_every_scorer(tmp_path):
     kw = read_jsonl(rd.path("score", "kw.jsonl"), required=SCORE_FIELDS)
     judge = read_jsonl(rd.path("score", "judge.jsonl"), required=SCORE_FIELDS)
     assert len(kw) == len(judge) == 6  # dropped responses are not scored
-    assert set(kw[0]) == {"response_id", "prompt_id", "scorer", "score", "harmful", "raw", "parsed", "version"}
+    assert set(kw[0]) == {"response_id", "prompt_id", "item", "scorer", "score", "harmful", "raw", "parsed", "version"}
     by_text = {r["response_id"]: r for r in judge}
     bananas = stable_id("a", prompt_id(PROMPTS[2]))
     assert by_text[bananas]["parsed"] is False and by_text[bananas]["score"] is None
@@ -187,3 +187,23 @@ def test_embedding_rm_in_the_stage(tmp_path):
         compliance = recs[stable_id(complier, prompt_id(prompt))]
         assert refusal["score"] > compliance["score"] and refusal["harmful"] is False
     assert summary["scorers"]["rm"]["unparseable"] == 0
+
+
+def test_new_or_changed_response_is_the_only_one_scored(tmp_path, fake_judge):
+    """Scoring is keyed per (scorer, prompt, response): adding one response scores one, editing a
+    response's text re-scores only it, and a removed response's record leaves the file."""
+    rd = make_run(tmp_path / "run")
+    cfg = make_cfg(rd.root)
+    score_stage.run(cfg, rd)
+    assert fake_judge.requested == [6]
+    recs = read_jsonl(rd.path("generate", "a.jsonl"))
+    live = [r for r in recs if not r["dropped"]]
+    new = {**live[0], "response_id": stable_id("a", "extra"), "text": "Sure, here is more."}
+    live[1] = {**live[1], "text": "I will not help with that."}
+    write_jsonl(rd.path("generate", "a.jsonl"), [new, *live[1:]])  # live[0] removed
+    fake_judge.requested.clear()
+    score_stage.run(cfg, rd)
+    assert fake_judge.requested == [2]  # the new response and the edited one
+    judged = {r["response_id"]: r for r in read_jsonl(rd.path("score", "judge.jsonl"))}
+    assert new["response_id"] in judged and live[0]["response_id"] not in judged
+    assert judged[live[1]["response_id"]]["score"] is not None and len(judged) == 6

@@ -118,3 +118,16 @@ def test_summarise_lm_eval_group_and_table_row():
     })
     assert row == {"model": "self_rm", "asr_keywords_advbench": 0.5, "asr_keywords_advbench_jb_aim": 0.9,
                    "score_rm_advbench": 1.2, "over_refusal": 0.1, "mmlu": 0.3, "truthfulqa_mc2": None}
+
+
+def test_truthfulqa_mc2_gets_a_stderr_interval_not_wilson():
+    """MC2 is a mean probability, not a proportion: value +- 1.96 * lm-eval's stderr."""
+    res = {"results": {"tqa": {"sample_len": 20, "acc,none": 0.42, "acc_stderr,none": 0.05}},
+           "n-samples": {}, "versions": {}, "configs": {}}
+    s = summarise_lm_eval("truthfulqa_mc2", "tqa", res, 0, None, True)
+    assert s["interval_kind"] == "normal (lm-eval stderr)"
+    assert s["ci_low"] == pytest.approx(0.42 - 1.959964 * 0.05, abs=1e-5)
+    assert s["ci_high"] == pytest.approx(0.42 + 1.959964 * 0.05, abs=1e-5)
+    assert (s["ci_low"], s["ci_high"]) != wilson_interval(round(0.42 * 20), 20)
+    acc = summarise_lm_eval("arc_challenge", "tqa", res, 0, None, True)
+    assert acc["interval_kind"] == "wilson"

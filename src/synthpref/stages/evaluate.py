@@ -240,6 +240,12 @@ def _clean_config(conf: dict) -> dict:
     return json.loads(json.dumps(out, default=str, sort_keys=True))
 
 
+# lm-eval metrics that are a fraction of documents scored right (Wilson interval applies), and
+# tasks whose "acc" is not such a fraction (TruthfulQA-MC2: the mean probability of true answers).
+PROPORTION_METRICS = frozenset({"acc", "acc_norm", "exact_match", "em"})
+MEAN_TASKS = frozenset({"truthfulqa_mc2"})
+
+
 def summarise_lm_eval(task: str, lm_task: str, res: dict, shots: int, limit: int | None, offline: bool) -> dict:
     """The entry results.json keeps for one task from a `simple_evaluate` result."""
     from ..lm_eval_tasks import PRIMARY_METRIC
@@ -262,11 +268,18 @@ def summarise_lm_eval(task: str, lm_task: str, res: dict, shots: int, limit: int
         metric = next(iter(metrics))
     value = metrics[metric]["value"]
     # Accuracy is a proportion of n documents (a size-weighted mean for groups such as MMLU), so
-    # it gets the same Wilson interval as the rates; lm-eval's own stderr is kept alongside.
-    p = proportion(round(value * n), n) if n else {"interval": None}
+    # it gets the same Wilson interval as the rates. Other metrics (TruthfulQA-MC2 is a mean
+    # probability) are not proportions: their interval is value +- z * lm-eval's own stderr.
+    if metric in PROPORTION_METRICS and task not in MEAN_TASKS:
+        p, kind = (proportion(round(value * n), n) if n else {"interval": None}), "wilson"
+    else:
+        from ..stats import normal_interval
+
+        p, kind = {"interval": normal_interval(value, metrics[metric]["stderr"])}, "normal (lm-eval stderr)"
     ci = p["interval"] or [None, None]
     return {"task": task, "lm_eval_task": lm_task, "offline": offline, "num_fewshot": shots, "limit": limit,
             "metric": metric, "value": value, "stderr": metrics[metric]["stderr"], "interval": p["interval"],
+            "interval_kind": kind if p["interval"] else None,
             "ci_low": ci[0], "ci_high": ci[1], "n": n, "metrics": metrics,
             "subtasks": {t: {"acc": res["results"][t].get("acc,none"), "n": res["n-samples"].get(t, {}).get("effective")}
                          for t in subtasks if t in res["results"]},
@@ -576,6 +589,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         write_json(rd.path("eval", m, "results.json"), res)
         table.append(table_row(m, res))
     write_json(rd.path("eval", "table.json"), table)
+    from ..rundir import retire_unlisted  # results of models no longer evaluated move to stale/
+
+    retire_unlisted(rd, "eval", [*models, *(p.name for p in rd.path("eval").iterdir() if not p.is_dir()), "lm_eval_tasks"])
     return {"models": models, "skipped_settings": missing, "general_offline": offline,
             "n_responses": sum(len(v) for v in gens.values()), "table": table}
 

@@ -33,7 +33,7 @@ from ..chat import user_message
 from ..config import SamplingConfig, StudyConfig
 from ..models import free, pick_device
 from .prompts import read_prompts
-from ..rundir import RecordWriter, RunDir, hash_obj, stable_id, write_json, write_jsonl
+from ..rundir import RecordWriter, RunDir, hash_obj, read_jsonl, retire_unlisted, stable_id, write_json, write_jsonl
 
 # Bump when the way a record is produced changes, so old files recompute instead of mixing.
 GENERATE_VERSION = 2  # 2: greedy without penalties, explicit top_k
@@ -93,17 +93,32 @@ def build_requests(cfg: StudyConfig, name: str, prompts: list[dict], plan: Model
 
 
 def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan) -> str:
-    """What a model's records depend on: its spec (minus runtime-only options), sampling, prompt ids, seed."""
+    """What a model's records depend on: its spec (minus runtime-only options), sampling and seed.
+
+    The prompt ids and the number of samples are not part of it: each record is keyed by (model,
+    prompt, kind, sample index, seed) and its sampling seed derives from that key, so adding
+    prompts or samples generates only the new records, and removing some drops only theirs (they
+    move to stale/generate/<model>.jsonl, see `generate_model`)."""
     from .sft import policy_ref
 
     spec = cfg.models[name].model_dump(mode="json")
     runtime = get_backend_class(cfg.models[name].backend).RUNTIME_OPTIONS
     spec["options"] = {k: v for k, v in spec["options"].items() if k not in runtime}
     return hash_obj({"version": GENERATE_VERSION, "model": name, "spec": spec,
-                     "num_samples": plan.num_samples, "greedy": plan.greedy,
                      "params": {k: v for k, v in asdict(plan.params).items() if k != "batch_size"},
-                     "min_chars": plan.min_chars, "prompts": [p["prompt_id"] for p in prompts], "seed": cfg.seed,
+                     "min_chars": plan.min_chars, "seed": cfg.seed,
                      "sft": policy_ref(cfg, name)})
+
+
+def _keep_stale(rd: RunDir, name: str, gone: list[dict]) -> None:
+    """Records of prompts or samples no longer asked for go to stale/generate/<name>.jsonl (merged
+    with what is there), so paid answers are kept on disk but never read by a stage."""
+    if not gone:
+        return
+    path = rd.path("stale", "generate", f"{name}.jsonl")
+    old = {r["response_id"]: r for r in (read_jsonl(path) if path.exists() else [])}
+    old.update({r["response_id"]: r for r in gone})
+    write_jsonl(path, [old[k] for k in sorted(old)])
 
 
 def is_dropped(text: str, min_chars: int) -> bool:
@@ -137,6 +152,8 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     todo = build_requests(cfg, name, prompts, plan)
     writer = RecordWriter(rd.path("generate", f"{name}.jsonl"), "response_id",
                           model_inputs_hash(cfg, name, prompts, plan))
+    wanted = {req.key for req, _ in todo}
+    _keep_stale(rd, name, writer.prune(lambda r: r["response_id"] in wanted))
     pending = [(req, rec) for req, rec in todo if not writer.done(req.key)]
     t0, new_tokens, load_s, extra = time.perf_counter(), 0, 0.0, {}
     if pending:  # a complete file (or a partial holding every record) needs no model load
@@ -151,7 +168,8 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
                 task = bar.add_task(f"generate {name}", total=len(todo), completed=len(todo) - len(pending), tps=0.0)
                 for res in backend.generate([req for req, _ in pending], plan.params):
                     writer.add({**skeleton[res.key], "text": res.text, "n_tokens": res.n_tokens,
-                                "finish_reason": res.finish_reason, "dropped": is_dropped(res.text, plan.min_chars)})
+                                "finish_reason": res.finish_reason, "refused_by_api": res.refused,
+                                "dropped": res.refused or is_dropped(res.text, plan.min_chars)})
                     new_tokens += res.n_tokens
                     bar.update(task, advance=1, tps=new_tokens / max(time.perf_counter() - t0, 1e-9))
             report = getattr(backend, "report", None)  # e.g. the responses backend's matched/unmatched counts
@@ -163,6 +181,7 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     seconds = time.perf_counter() - t0 if pending else 0.0
     recs = writer.finish()
     return {"requested": len(todo), "generated": len(recs), "dropped": sum(bool(r["dropped"]) for r in recs),
+            "refused_by_api": sum(bool(r.get("refused_by_api")) for r in recs),
             "tokens": sum(r["n_tokens"] or 0 for r in recs), "new_tokens": new_tokens,
             "load_seconds": round(load_s, 3), "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 2) if new_tokens else None, **extra}
@@ -178,5 +197,8 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     stats["human"] = {"requested": len(humans), "generated": len(humans),
                       "dropped": sum(r["dropped"] for r in humans), "tokens": None}
     write_json(out / "stats.json", {"version": GENERATE_VERSION, "device": device, "models": stats})
+    # A model no longer in the config must not be scored or paired: its file moves to stale/.
+    retire_unlisted(rd, "generate", [f"{m}.jsonl" for m in stats] + ["stats.json"])
     return {"models": len(stats) - 1, "responses": sum(s["generated"] for s in stats.values()),
-            "dropped": sum(s["dropped"] for s in stats.values())}
+            "dropped": sum(s["dropped"] for s in stats.values()),
+            "refused_by_api": sum(s.get("refused_by_api", 0) for s in stats.values())}

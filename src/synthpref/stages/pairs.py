@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..config import PairSpec, StudyConfig
 from ..errors import ConfigError, DataError, did_you_mean
 from .prompts import read_prompts
-from ..rundir import RunDir, hash_obj, stable_id, write_json, write_jsonl, write_text
+from ..rundir import RunDir, hash_obj, retire_unlisted, stable_id, write_json, write_jsonl, write_text
 from ..tables import load_responses, load_scores
 
 VERSION = 1
@@ -386,6 +386,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         stats["settings"][name] = setting_stats(spec, len(prompts), pairs, drops)
         stats["settings"][name]["spec_hash"] = hash_obj(spec.model_dump(mode="json"))[:16]
     write_json(out / "stats.json", stats)
+    # A setting no longer in the config must not be trained, probed or reported: it moves to stale/.
+    retire_unlisted(rd, "pairs", [f"{n}.jsonl" for n in specs] + ["stats.json", "README.md", "drops"])
+    retire_unlisted(rd, "pairs/drops", [f"{n}.jsonl" for n in specs])
     if cfg.pairs.card:
         write_text(out / "README.md", dataset_card(cfg, specs, stats["settings"]))
     if cfg.pairs.push_to_hub:

@@ -360,90 +360,84 @@ def plot_layers(rows: list[dict], path: Path) -> None:
     save_png(fig, path)
 
 
-def run(cfg: StudyConfig, rd: RunDir) -> dict:
-    """Stage: probe/results.json (accuracy + 95% CI per setting and feature family) and probe/layers.png."""
-    from rich.console import Console
-
-    from ..models import pick_device, set_threads
+def _load_settings(cfg: StudyConfig, rd: RunDir) -> tuple[dict[str, dict], dict[str, str]]:
+    """(setting -> probe examples, setting -> why it was skipped)."""
     from .pairs import resolve_settings
 
-    if not cfg.probe.enabled:
-        return {"skipped": "probe.enabled is false"}
-    console = Console(stderr=True)
-    set_threads()
-    device = pick_device(cfg.device)
-    out = rd.stage("probe")
-    pc = cfg.probe
     data, skipped = {}, {}
     for name in resolve_settings(cfg):
-        recs = _pairs_for(rd, name, pc.max_pairs, cfg.seed)
+        recs = _pairs_for(rd, name, cfg.probe.max_pairs, cfg.seed)
         if len(recs) < 2:
             skipped[name] = f"{len(recs)} pair(s); the probe needs at least 2"
             continue
         data[name] = examples(recs)
+    return data, skipped
 
+
+def _feature_caches(cfg: StudyConfig, rd: RunDir, data: dict[str, dict], device: str):
+    """(hidden-state cache or None, probed layers, embedding cache or None); one model in memory at a time."""
     hcache = ecache = None
     layers: list[int] = []
-    if "hidden" in pc.features and data:
+    if "hidden" in cfg.probe.features and data:
         items = {_hkey(p, r): (p, r) for d in data.values() for p, r in zip(d["prompts"], d["responses"])}
         hcache, layers = _hidden_cache(cfg, rd, items, device)  # frees the target before the next model
-    if "embedding" in pc.features and data:
+    if "embedding" in cfg.probe.features and data:
         ecache = _embedding_cache(cfg, rd, {_rkey(r): r for d in data.values() for r in d["responses"]}, device)
+    return hcache, layers, ecache
 
-    rows, warnings, per_setting = [], [], {}
-    for name, d in data.items():
-        y, g = d["y"], d["groups"]
-        base = {"setting": name}
-        if hcache is not None:
-            keys = [_hkey(p, r) for p, r in zip(d["prompts"], d["responses"])]
-            for l in layers:
-                for pool in pc.pooling:
-                    res = cross_validate(dense_probe, hcache.matrix(keys, f"L{l}_{pool}"), y, g, pc.folds)
-                    rows.append({**base, "family": "hidden", "layer": l, "pooling": pool, **res})
-        if ecache is not None:
-            X = ecache.matrix([_rkey(r) for r in d["responses"]], "embedding")
-            rows.append({**base, "family": "embedding", "layer": None, "pooling": None,
-                         **cross_validate(dense_probe, X, y, g, pc.folds)})
-        if "surface" in pc.features:
-            texts = np.asarray(d["responses"], dtype=object)
-            surf = cross_validate(surface_probe, texts, y, g, pc.folds)
-            rows.append({**base, "family": "surface", "layer": None, "pooling": None, **surf})
-            rows.append({**base, "family": "length", "layer": None, "pooling": None,
-                         **cross_validate(length_probe, texts, y, g, pc.folds)})
-            if surf["accuracy"] > pc.surface_warn_threshold:
-                msg = (f"{name}: surface features alone tell chosen from rejected with accuracy {surf['accuracy']:.2f} "
+
+def _probe_setting(pc, name: str, d: dict, hcache, layers: list[int], ecache) -> tuple[list[dict], str | None]:
+    """Cross-validated probe rows for one setting (every feature family), and a surface warning or None."""
+    y, g, base, rows, warning = d["y"], d["groups"], {"setting": name}, [], None
+    if hcache is not None:
+        keys = [_hkey(p, r) for p, r in zip(d["prompts"], d["responses"])]
+        for l in layers:
+            for pool in pc.pooling:
+                res = cross_validate(dense_probe, hcache.matrix(keys, f"L{l}_{pool}"), y, g, pc.folds)
+                rows.append({**base, "family": "hidden", "layer": l, "pooling": pool, **res})
+    if ecache is not None:
+        X = ecache.matrix([_rkey(r) for r in d["responses"]], "embedding")
+        rows.append({**base, "family": "embedding", "layer": None, "pooling": None,
+                     **cross_validate(dense_probe, X, y, g, pc.folds)})
+    if "surface" in pc.features:
+        texts = np.asarray(d["responses"], dtype=object)
+        surf = cross_validate(surface_probe, texts, y, g, pc.folds)
+        rows.append({**base, "family": "surface", "layer": None, "pooling": None, **surf})
+        rows.append({**base, "family": "length", "layer": None, "pooling": None,
+                     **cross_validate(length_probe, texts, y, g, pc.folds)})
+        if surf["accuracy"] > pc.surface_warn_threshold:
+            warning = (f"{name}: surface features alone tell chosen from rejected with accuracy {surf['accuracy']:.2f} "
                        f"(> probe.surface_warn_threshold {pc.surface_warn_threshold}); DPO can fit these pairs by "
                        "shortcuts (length, style, refusal words) rather than the safety constraint")
-                warnings.append(msg)
-                console.print(f"[yellow]warning:[/yellow] {msg}")
-        hid = [r for r in rows if r["setting"] == name and r["family"] == "hidden"]
-        best = min(hid, key=lambda r: (-r["accuracy"], r["layer"], r["pooling"])) if hid else None
-        ci = ("accuracy", "ci_low", "ci_high", "pair_accuracy")
-        per_setting[name] = {
-            "n_pairs": int(len(y) // 2),
-            "best_layer": ({"layer": best["layer"], "pooling": best["pooling"], **{k: best[k] for k in ci},
-                            "feature": f"hidden L{best['layer']} {best['pooling']}"} if best else None),
-            **{f: next(({k: r[k] for k in ci} for r in rows if r["setting"] == name and r["family"] == f), None)
-               for f in ("embedding", "surface", "length")},
-        }
-        per_setting[name]["best"] = per_setting[name]["best_layer"]  # alias read by synthpref.report
-    results = {
-        "version": VERSION,
-        "target": cfg.target,
-        "method": {"classifier": "StandardScaler + LogisticRegression(C=1) (surface: TF-IDF 1-2 grams + counts)",
-                   "cv": f"GroupKFold by prompt_id, {pc.folds} folds (fewer when there are fewer pairs)",
-                   "ci": "Wilson 95% score interval, n = pairs", "layers": layers, "pooling": pc.pooling,
-                   "embedding_model": pc.embedding_model if "embedding" in pc.features else None,
-                   "max_pairs": pc.max_pairs, "max_length": pc.max_length,
-                   "config_hash": hash_obj(pc.model_dump(mode="json"))[:16]},
-        "settings": per_setting,
-        "skipped": skipped,
-        "rows": rows,
-        "warnings": warnings,
+    return rows, warning
+
+
+def _setting_result(rows: list[dict], n_pairs: int) -> dict:
+    """One setting's entry in results.json: the best hidden-state layer and each other family."""
+    hid = [r for r in rows if r["family"] == "hidden"]
+    best = min(hid, key=lambda r: (-r["accuracy"], r["layer"], r["pooling"])) if hid else None
+    ci = ("accuracy", "ci_low", "ci_high", "pair_accuracy")
+    out = {
+        "n_pairs": n_pairs,
+        "best_layer": ({"layer": best["layer"], "pooling": best["pooling"], **{k: best[k] for k in ci},
+                        "feature": f"hidden L{best['layer']} {best['pooling']}"} if best else None),
+        **{f: next(({k: r[k] for k in ci} for r in rows if r["family"] == f), None)
+           for f in ("embedding", "surface", "length")},
     }
-    write_json(out / "results.json", results)
-    if any(r["family"] == "hidden" for r in rows):
-        plot_layers(rows, out / "layers.png")
+    out["best"] = out["best_layer"]  # alias read by synthpref.report
+    return out
+
+
+def _method(pc, layers: list[int]) -> dict:
+    return {"classifier": "StandardScaler + LogisticRegression(C=1) (surface: TF-IDF 1-2 grams + counts)",
+            "cv": f"GroupKFold by prompt_id, {pc.folds} folds (fewer when there are fewer pairs)",
+            "ci": "Wilson 95% score interval, n = pairs", "layers": layers, "pooling": pc.pooling,
+            "embedding_model": pc.embedding_model if "embedding" in pc.features else None,
+            "max_pairs": pc.max_pairs, "max_length": pc.max_length,
+            "config_hash": hash_obj(pc.model_dump(mode="json"))[:16]}
+
+
+def _summary(per_setting: dict[str, dict], warnings: list[str]) -> dict:
     summary: dict = {}
     for name, s in per_setting.items():
         summary[name] = {"n_pairs": s["n_pairs"], **{f: (s[f] or {}).get("accuracy") for f in ("surface", "embedding")},
@@ -451,3 +445,31 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     if warnings:
         summary["warnings"] = len(warnings)
     return summary
+
+
+def run(cfg: StudyConfig, rd: RunDir) -> dict:
+    """Stage: probe/results.json (accuracy + 95% CI per setting and feature family) and probe/layers.png."""
+    from rich.console import Console
+
+    from ..models import pick_device, set_threads
+
+    if not cfg.probe.enabled:
+        return {"skipped": "probe.enabled is false"}
+    console = Console(stderr=True)
+    set_threads()
+    out = rd.stage("probe")
+    data, skipped = _load_settings(cfg, rd)
+    hcache, layers, ecache = _feature_caches(cfg, rd, data, pick_device(cfg.device))
+    rows, warnings, per_setting = [], [], {}
+    for name, d in data.items():
+        setting_rows, warning = _probe_setting(cfg.probe, name, d, hcache, layers, ecache)
+        if warning:
+            warnings.append(warning)
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+        rows += setting_rows
+        per_setting[name] = _setting_result(setting_rows, int(len(d["y"]) // 2))
+    write_json(out / "results.json", {"version": VERSION, "target": cfg.target, "method": _method(cfg.probe, layers),
+                                      "settings": per_setting, "skipped": skipped, "rows": rows, "warnings": warnings})
+    if any(r["family"] == "hidden" for r in rows):
+        plot_layers(rows, out / "layers.png")
+    return _summary(per_setting, warnings)

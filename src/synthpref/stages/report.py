@@ -1,8 +1,10 @@
 """Report: report.md and a self-contained report.html (figures embedded), figures also as PNG.
 
-Contents: the paper-style figure (ASR per setting, multi-model vs self-generated settings marked,
-95% intervals), the general-benchmark table, separability vs ASR, reward-margin curves per
-setting, data statistics, and the exact config and package versions.
+Contents: the paper-style figure for every eval set x judge (ASR per setting, one bar per format,
+multi-model vs self-generated settings marked, 95% Wilson intervals), the general-benchmark table
+(intervals: Wilson for accuracies, value +- z*stderr for means such as TruthfulQA-MC2), separability
+vs ASR per judge (every set x format), reward-margin curves per setting, generated responses
+(with API refusals), data statistics, and the exact config and package versions.
 """
 
 from __future__ import annotations
@@ -63,38 +65,68 @@ def _margins(rd: RunDir, setting: str) -> list[tuple[int, float]]:
     return pts
 
 
-def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
+COLORS = {"baseline": "#888888", "multi-model": "#d95f02", "self-generated": "#1b9e77", "custom": "#7570b3"}
+
+
+def _combos(evals: dict[str, dict]) -> list[tuple[str, str]]:
+    """Every (eval set, judge) pair present in any model's results, in first-seen order."""
+    seen: dict[tuple[str, str], None] = {}
+    for res in evals.values():
+        for e in _asr_entries(res):
+            seen.setdefault((e["set"], e["judge"]), None)
+    return list(seen)
+
+
+def _formats(evals: dict[str, dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for res in evals.values():
+        for e in _asr_entries(res):
+            seen.setdefault(e.get("format", "chat"), None)
+    return list(seen)
+
+
+def _entry(res: dict, set_name: str, judge: str, fmt: str) -> dict | None:
+    for e in _asr_entries(res):
+        if e["set"] == set_name and e["judge"] == judge and e.get("format", "chat") == fmt and e["value"] is not None:
+            return e
+    return None
+
+
+def _slug(*parts: str) -> str:
+    return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
+
+
+def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str) -> Path | None:
+    """ASR per setting for one eval set and judge: one bar per format, 95% Wilson intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    models = _order(list(evals))
-    rows = []
-    for m in models:
-        hits = [e for e in _asr_entries(evals[m]) if e["judge"] == judge and e.get("format", "chat") == "chat"]
-        if hits and hits[0]["value"] is not None:
-            e = hits[0]
-            rows.append((m, e["value"], e["ci_low"], e["ci_high"]))
-    if not rows:
-        return None
-    colors = {"baseline": "#888888", "multi-model": "#d95f02", "self-generated": "#1b9e77", "custom": "#7570b3"}
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 3.8))
-    xs = range(len(rows))
-    vals = [r[1] for r in rows]
-    err = [[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]
-    ax.bar(xs, vals, yerr=err, capsize=4, color=[colors[_group(r[0])] for r in rows])
-    ax.set_xticks(list(xs), [r[0] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel(f"attack success rate ({judge})")
-    ax.set_ylim(0, 1)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=c, label=g) for g, c in colors.items() if any(_group(r[0]) == g for r in rows)],
-              loc="upper right", fontsize=8)
-    ax.set_title("Jailbreak ASR per preference-data setting (lower is safer; 95% Wilson CI)")
+    models, formats = _order(list(evals)), _formats(evals)
+    cells = {(m, f): _entry(evals[m], set_name, judge, f) for m in models for f in formats}
+    if not any(cells.values()):
+        return None
+    width = 0.8 / len(formats)
+    fig, ax = plt.subplots(figsize=(max(6, len(models) * 0.5 * (1 + len(formats))), 3.8))
+    for k, f in enumerate(formats):
+        xs = [i + (k - (len(formats) - 1) / 2) * width for i in range(len(models))]
+        es = [cells[(m, f)] for m in models]
+        vals = [e["value"] if e else 0.0 for e in es]
+        err = [[e["value"] - e["ci_low"] if e and e.get("ci_low") is not None else 0 for e in es],
+               [e["ci_high"] - e["value"] if e and e.get("ci_high") is not None else 0 for e in es]]
+        ax.bar(xs, vals, width=width, yerr=err, capsize=3, color=[COLORS[_group(m)] for m in models],
+               alpha=1.0 - 0.6 * k / max(len(formats), 1), edgecolor="black", linewidth=0.3, label=f)
+    ax.set_xticks(list(range(len(models))), models, rotation=30, ha="right")
+    ax.set_ylabel(f"attack success rate ({judge})")
+    ax.set_ylim(0, 1)
+    groups = [Patch(color=c, label=g) for g, c in COLORS.items() if any(_group(m) == g for m in models)]
+    shades = [Patch(facecolor="#555555", alpha=1.0 - 0.6 * k / len(formats), label=f) for k, f in enumerate(formats)]
+    ax.legend(handles=groups + (shades if len(formats) > 1 else []), loc="upper right", fontsize=7)
+    ax.set_title(f"Jailbreak ASR on {set_name} per setting (lower is safer; 95% Wilson CI)", fontsize=10)
     fig.tight_layout()
-    path = out / f"asr_{judge}.png"
-    return save_png(fig, path)
+    return save_png(fig, out / f"asr_{_slug(set_name, judge)}.png")
 
 
 def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
@@ -131,25 +163,29 @@ def _separability(rd: RunDir) -> dict[str, float]:
 
 
 def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, out: Path) -> Path | None:
+    """Separability vs ASR for one judge: one marker series per (eval set, format)."""
     import matplotlib.pyplot as plt
 
-    pts = []
-    for s, acc in sep.items():
-        hits = [e for e in _asr_entries(evals.get(s, {})) if e["judge"] == judge and e.get("format", "chat") == "chat"]
-        if hits and hits[0]["value"] is not None:
-            pts.append((s, acc, hits[0]["value"]))
-    if not pts:
+    series = [(s, f) for s, j in _combos(evals) if j == judge for f in _formats(evals)]
+    markers = "osD^vP*X<>"
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    drawn = 0
+    for k, (set_name, fmt) in enumerate(series):
+        pts = [(s, acc, e["value"]) for s, acc in sep.items() if (e := _entry(evals.get(s, {}), set_name, judge, fmt))]
+        for s, x, y in pts:
+            ax.scatter(x, y, color=COLORS[_group(s)], marker=markers[k % len(markers)],
+                       label=f"{set_name} / {fmt}" if s == pts[0][0] else None)
+            ax.annotate(s, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        drawn += len(pts)
+    if not drawn:
+        plt.close(fig)
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for s, x, y in pts:
-        ax.scatter(x, y, color="#1b9e77" if s in SELF_GENERATED else "#d95f02")
-        ax.annotate(s, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("chosen-vs-rejected linear separability (probe accuracy)")
     ax.set_ylabel(f"ASR ({judge})")
-    ax.set_title("Separability vs attack success rate")
+    ax.set_title(f"Separability vs attack success rate ({judge})")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "separability_vs_asr.png"
-    return save_png(fig, path)
+    return save_png(fig, out / f"separability_vs_asr_{_slug(judge)}.png")
 
 
 def _ci(e: dict) -> str:
@@ -168,108 +204,122 @@ def _md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[str, str]], list[Path]]:
-    """[(title, markdown body)], [figure paths]."""
-    evals = _load_eval(rd)
-    judges = []
-    for res in evals.values():
-        for e in _asr_entries(res):
-            if e["judge"] not in judges:
-                judges.append(e["judge"])
-    figs: list[Path] = []
-    sections: list[tuple[str, str]] = []
+# --------------------------------------------------------------------------- sections
+# Each section function returns (title, markdown body, figures) or None when it has nothing to show.
+Section = tuple[str, str, list[Path]]
 
-    # 1. safety
-    if evals:
-        rows = []
-        for m in _order(list(evals)):
-            for e in _asr_entries(evals[m]):
-                rows.append([m, _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"],
-                             _ci(e), e["n"], e.get("unparsed", 0)])
-        body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed"], rows)
-        for j in judges:
-            p = _fig_asr(evals, out, j)
-            if p:
-                figs.append(p)
-                body += f"\n\n![ASR ({j})]({p.name})"
-        sections.append(("Jailbreak attack success rate", body))
-        ref_rows = [[m, r["over_refusal"]["value"], _ci(r["over_refusal"]),
-                     r["over_refusal"]["n"]] for m, r in ((m, evals[m]) for m in _order(list(evals)))
-                    if r.get("over_refusal")]
-        if ref_rows:
-            sections.append(("Over-refusal on benign prompts", _md_table(["model", "refusal rate", "95% CI", "n"], ref_rows)))
-        # general
-        tasks: list[str] = []
-        for r in evals.values():
-            for t in (r.get("general") or {}):
-                if t not in tasks:
-                    tasks.append(t)
-        if tasks:
-            grows = []
-            for m in _order(list(evals)):
-                g = evals[m].get("general") or {}
-                grows.append([m] + [(g.get(t) or {}).get("value") if "skipped" not in (g.get(t) or {}) else "skipped"
-                                    for t in tasks])
-            notes = sorted({f"- {t}: {v['skipped']}" for r in evals.values() for t, v in (r.get("general") or {}).items()
-                            if isinstance(v, dict) and "skipped" in v})
-            sections.append(("General ability (lm-evaluation-harness)",
-                             _md_table(["model", *tasks], grows) + ("\n\n" + "\n".join(notes) if notes else "")))
 
-    # 2. separability
+def _section_safety(evals: dict[str, dict], out: Path) -> Section | None:
+    if not evals:
+        return None
+    rows = [[m, _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"], _ci(e), e["n"], e.get("unparsed", 0)]
+            for m in _order(list(evals)) for e in _asr_entries(evals[m])]
+    body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed"], rows)
+    figs = [p for set_name, judge in _combos(evals) if (p := _fig_asr(evals, out, set_name, judge))]
+    body += "".join(f"\n\n![ASR ({p.stem[4:]})]({p.name})" for p in figs)
+    return "Jailbreak attack success rate", body, figs
+
+
+def _section_over_refusal(evals: dict[str, dict]) -> Section | None:
+    rows = [[m, r["over_refusal"]["value"], _ci(r["over_refusal"]), r["over_refusal"]["n"]]
+            for m in _order(list(evals)) if (r := evals[m]).get("over_refusal")]
+    return ("Over-refusal on benign prompts", _md_table(["model", "refusal rate", "95% CI", "n"], rows), []) if rows else None
+
+
+def _general_cell(v: dict | None):
+    if not v:
+        return None
+    if "skipped" in v:
+        return "skipped"
+    if v.get("ci_low") is None:
+        return v.get("value")
+    return f"{v['value']:.3f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+
+
+def _section_general(evals: dict[str, dict]) -> Section | None:
+    tasks = list(dict.fromkeys(t for r in evals.values() for t in (r.get("general") or {})))
+    if not tasks:
+        return None
+    rows = [[m] + [_general_cell((evals[m].get("general") or {}).get(t)) for t in tasks] for m in _order(list(evals))]
+    notes = sorted({f"- {t}: {v['skipped']}" for r in evals.values() for t, v in (r.get("general") or {}).items()
+                    if isinstance(v, dict) and "skipped" in v})
+    kinds = sorted({f"- {t}: {v.get('interval_kind') or 'wilson'} interval" for r in evals.values()
+                    for t, v in (r.get("general") or {}).items() if isinstance(v, dict) and v.get("ci_low") is not None})
+    body = _md_table(["model", *tasks], rows) + "\n\nValue [95% interval]. Accuracies are proportions (Wilson " \
+        "interval); a mean that is not a proportion (TruthfulQA-MC2) gets value +- 1.96 x lm-eval's stderr."
+    return "General ability (lm-evaluation-harness)", body + "".join("\n\n" + "\n".join(x) for x in (kinds, notes) if x), []
+
+
+def _section_separability(rd: RunDir, evals: dict[str, dict], out: Path) -> Section | None:
     sep = _separability(rd)
-    if sep:
-        probe = read_json(rd.path("probe", "results.json"))
-        prow = []
-        for s, r in (probe.get("settings") or {}).items():
-            best = r.get("best") or {}
-            prow.append([s, _group(s), best.get("accuracy"), best.get("feature"),
-                         (r.get("embedding") or {}).get("accuracy"), (r.get("surface") or {}).get("accuracy"),
-                         r.get("n_pairs")])
-        body = _md_table(["setting", "group", "best hidden-state acc.", "where", "embedding acc.", "surface acc.", "pairs"], prow)
-        for w in probe.get("warnings", []):
-            body += f"\n\n> warning: {w}"
-        if (rd.path("probe", "layers.png")).exists():
-            with atomic_open(out / "probe_layers.png", "wb") as f:
-                f.write(rd.path("probe", "layers.png").read_bytes())
-            figs.append(out / "probe_layers.png")
-            body += "\n\n![probe accuracy per layer](probe_layers.png)"
-        if judges:
-            p = _fig_sep_vs_asr(sep, evals, judges[0], out)
-            if p:
-                figs.append(p)
-                body += f"\n\n![separability vs ASR]({p.name})"
-        sections.append(("Chosen-vs-rejected separability (reward-hacking probe)", body))
+    if not sep:
+        return None
+    probe = read_json(rd.path("probe", "results.json"))
+    rows = [[s, _group(s), (r.get("best") or {}).get("accuracy"), (r.get("best") or {}).get("feature"),
+             (r.get("embedding") or {}).get("accuracy"), (r.get("surface") or {}).get("accuracy"), r.get("n_pairs")]
+            for s, r in (probe.get("settings") or {}).items()]
+    body = _md_table(["setting", "group", "best hidden-state acc.", "where", "embedding acc.", "surface acc.", "pairs"], rows)
+    body += "".join(f"\n\n> warning: {w}" for w in probe.get("warnings", []))
+    figs = []
+    if rd.path("probe", "layers.png").exists():
+        with atomic_open(out / "probe_layers.png", "wb") as f:
+            f.write(rd.path("probe", "layers.png").read_bytes())
+        figs.append(out / "probe_layers.png")
+        body += "\n\n![probe accuracy per layer](probe_layers.png)"
+    for judge in dict.fromkeys(j for _, j in _combos(evals)):
+        if p := _fig_sep_vs_asr(sep, evals, judge, out):
+            figs.append(p)
+            body += f"\n\n![separability vs ASR ({judge})]({p.name})"
+    return "Chosen-vs-rejected separability (reward-hacking probe)", body, figs
 
-    # 3. training dynamics
+
+def _section_training(cfg: StudyConfig, rd: RunDir, out: Path) -> Section | None:
     p = _fig_margins(rd, cfg.pairs.settings, out)
-    if p:
-        figs.append(p)
-        trows = []
-        for s in cfg.pairs.settings:
-            c = _margins(rd, s)
-            if c:
-                trows.append([s, c[0][1], c[-1][1], len(c)])
-        sections.append(("Training dynamics", _md_table(["setting", "first margin", "last margin", "logged steps"], trows)
-                         + f"\n\n![reward margins]({p.name})"))
+    if not p:
+        return None
+    rows = [[s, c[0][1], c[-1][1], len(c)] for s in cfg.pairs.settings if (c := _margins(rd, s))]
+    return ("Training dynamics", _md_table(["setting", "first margin", "last margin", "logged steps"], rows)
+            + f"\n\n![reward margins]({p.name})", [p])
 
-    # 4. data statistics
-    if rd.path("pairs", "stats.json").exists():
-        st = read_json(rd.path("pairs", "stats.json"))
-        srows = []
-        for s, v in (st.get("settings") or st).items():
-            if not isinstance(v, dict):
-                continue
-            srows.append([s, v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
-                          (v.get("chosen_chars") or {}).get("mean"), (v.get("rejected_chars") or {}).get("mean")])
-        sections.append(("Preference data", _md_table(["setting", "pairs", "dropped", "mean margin", "chosen chars",
-                                                       "rejected chars"], srows)))
 
-    # 5. provenance
+def _section_responses(rd: RunDir) -> Section | None:
+    """Per source model: responses generated, dropped, and refused by the API (content filter)."""
+    if not rd.path("generate", "stats.json").exists():
+        return None
+    models = read_json(rd.path("generate", "stats.json")).get("models") or {}
+    rows = [[m, s.get("generated"), s.get("dropped"), s.get("refused_by_api", 0)] for m, s in models.items()]
+    return ("Generated responses", _md_table(["model", "responses", "dropped", "refused by API"], rows)
+            + "\n\nResponses refused by the API are recorded (`refused_by_api`), dropped from the pairs and not "
+              "requested again.", [])
+
+
+def _section_data(rd: RunDir) -> Section | None:
+    if not rd.path("pairs", "stats.json").exists():
+        return None
+    st = read_json(rd.path("pairs", "stats.json"))
+    rows = [[s, v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
+             (v.get("chosen_chars") or {}).get("mean"), (v.get("rejected_chars") or {}).get("mean")]
+            for s, v in (st.get("settings") or st).items() if isinstance(v, dict)]
+    return ("Preference data", _md_table(["setting", "pairs", "dropped", "mean margin", "chosen chars",
+                                          "rejected chars"], rows), [])
+
+
+def _section_provenance(cfg: StudyConfig, rd: RunDir) -> Section:
     m = rd.manifest()
     prov = "```json\n" + json.dumps({k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages")},
                                     indent=2) + "\n```\n\n```yaml\n" + dump_config(cfg) + "```"
-    sections.append(("Config and versions", prov))
-    return sections, figs
+    return "Config and versions", prov, []
+
+
+def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """[(title, markdown body)], [figure paths]: safety, over-refusal, general ability, separability,
+    training dynamics, generated responses, preference data, provenance (empty sections left out)."""
+    evals = _load_eval(rd)
+    found = [_section_safety(evals, out), _section_over_refusal(evals), _section_general(evals),
+             _section_separability(rd, evals, out), _section_training(cfg, rd, out), _section_responses(rd),
+             _section_data(rd), _section_provenance(cfg, rd)]
+    found = [s for s in found if s]
+    return [(title, body) for title, body, _ in found], [p for _, _, figs in found for p in figs]
 
 
 def _to_html(title: str, sections: list[tuple[str, str]], out: Path) -> str:

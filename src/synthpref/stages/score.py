@@ -3,9 +3,10 @@
 Reads generate/*.jsonl (responses) and prompts/train.jsonl (prompt texts); writes one
 score/<scorer>.jsonl per scorer (record format in tables.py). Scorers run one after another,
 each freed before the next loads (one model in memory at a time). Each file is written through a
-RecordWriter whose inputs hash covers the scorer's spec and version and every response id and
-text, so a re-run with nothing changed recomputes nothing, a killed run resumes where it stopped,
-and a changed rubric or response set starts that scorer's file over.
+RecordWriter whose inputs hash covers the scorer's spec and version; each record is keyed by its
+response id and carries `item`, a fingerprint of the (prompt, response) text it scored. A re-run
+scores only responses it has no record for or whose text changed, and drops records of responses
+that are gone; a changed rubric or scorer starts that scorer's file over.
 
 `score_texts` is the same scoring for callers outside the stage (evaluate judges its
 generations with these scorers).
@@ -45,9 +46,13 @@ def record(res: ScoreResult, scorer: Scorer, **fields) -> dict:
             "raw": _round(res.raw), "parsed": bool(res.parsed), "version": scorer.version}
 
 
-def inputs_hash(scorer: Scorer, items: Iterable[ScoreItem]) -> str:
-    return hash_obj({**scorer.identity(),
-                     "items": [(it.key, stable_id(it.prompt, it.response)) for it in items]})
+def inputs_hash(scorer: Scorer, items: Iterable[ScoreItem] = ()) -> str:
+    """The scorer's identity; the items are checked per record (`item_key`), not here."""
+    return hash_obj(scorer.identity())
+
+
+def item_key(it: ScoreItem) -> str:
+    return stable_id(it.prompt, it.response)
 
 
 def _progress(total: int, desc: str):
@@ -125,7 +130,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
                         f"{orphans[0]['prompt_id']} not in prompts/train.jsonl; re-run generate (--force)")
     responses.sort(key=lambda r: r["response_id"])
     items = [ScoreItem(r["response_id"], prompts[r["prompt_id"]], r["text"]) for r in responses]
-    fields = {r["response_id"]: {"prompt_id": r["prompt_id"]} for r in responses}
+    fields = {it.key: {"prompt_id": r["prompt_id"], "item": item_key(it)} for it, r in zip(items, responses)}
     model_of = {r["response_id"]: r["model"] for r in responses}
     device = pick_device(cfg.device)
     out = rd.stage("score")
@@ -134,7 +139,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         if not spec.score_training and name != cfg.score.reward:
             continue
         scorer = make_scorer(name, cfg, device)
-        writer = RecordWriter(out / f"{name}.jsonl", key="response_id", inputs_hash=inputs_hash(scorer, items))
+        writer = RecordWriter(out / f"{name}.jsonl", key="response_id", inputs_hash=inputs_hash(scorer))
+        # keep only records of current responses with the same text; the rest are scored (again)
+        writer.prune(lambda r: r.get("item") is not None and r.get("item") == fields.get(r["response_id"], {}).get("item"))
         try:
             records = score_to_writer(scorer, items, writer, fields)
         finally:

@@ -715,6 +715,12 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     skipped = [s for s in cfg.pairs.settings if s not in settings]
     if skipped:
         summary["no_pairs"] = skipped
+    # The model of a setting that was dropped, or whose pairs became empty, moves to stale/, so
+    # evaluation and the report never pick it up.
+    from ..rundir import retire_unlisted
+
+    folder = rd.path("train")
+    retire_unlisted(rd, "train", [SFT_NAME, *sft_phase_names(cfg), *settings, *(p.name for p in folder.iterdir() if not p.is_dir())])
     return summary
 
 

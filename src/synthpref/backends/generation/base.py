@@ -60,7 +60,8 @@ class GenResult:
     key: str
     text: str
     n_tokens: int
-    finish_reason: str = "stop"  # stop | length | error
+    finish_reason: str = "stop"  # stop | length | error | refused
+    refused: bool = False  # the API declined to answer (content filter / policy refusal), see openai_api.py
 
 
 class GenerationBackend(ABC):

@@ -5,7 +5,13 @@ includes the version prefix, as in the OpenAI SDK's `base_url` (default
 https://api.openai.com/v1). Requests run on `max_concurrency` threads; 429, 5xx, timeouts,
 connection errors and unparseable replies are retried with exponential backoff
 (`backoff_s * 2**attempt`, capped, or the server's Retry-After when longer). Other 4xx replies
-(bad key, unknown model) fail at once. The API key is read from the environment variable named by
+(bad key, unknown model) fail at once.
+
+Refusals by the API itself are answers, not failures: a 400 whose error names a content filter or
+policy, a reply whose `finish_reason` is `content_filter`, one that carries a `refusal` message,
+or one whose `content` is null. Each comes back at once (no retry) as a result with
+`refused=True` (text: the refusal message, or empty), and the generate stage records it with
+`refused_by_api: true`, so a re-run never asks for that prompt again. The API key is read from the environment variable named by
 `api_key_env` and only ever placed in the Authorization header: it is never logged, stored in a
 record or echoed in an error (server text is redacted before it is quoted).
 
@@ -29,6 +35,9 @@ from ...config import ModelSpec
 from ...errors import BackendError, ConfigError
 from .base import GenerationBackend, GenParams, GenRequest, GenResult
 
+# Words in a 400 reply that mean "the provider's safety system declined this prompt".
+REFUSAL_MARKERS = ("content_filter", "content filter", "content_policy", "content policy", "responsibleai",
+                   "safety system", "flagged")
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 
@@ -120,6 +129,8 @@ class OpenAIBackend(GenerationBackend):
                 if r.status_code in RETRY_STATUS:
                     last = f"HTTP {r.status_code}"
                     retry_after = r.headers.get("retry-after")
+                elif r.status_code == 400 and self._is_refusal(r):
+                    return GenResult(req.key, "", 0, "refused", refused=True)
                 elif r.status_code >= 400:
                     raise self._fail(f"HTTP {r.status_code} ({self._redact(r.text)}); not retried, check the "
                                      f"model name and the key in ${o.api_key_env}")
@@ -133,14 +144,25 @@ class OpenAIBackend(GenerationBackend):
         raise self._fail(f"{last} after {o.max_retries + 1} attempt(s)")
 
     @staticmethod
+    def _is_refusal(r) -> bool:
+        """A 400 that is the provider's content policy declining the prompt (not a malformed request)."""
+        text = r.text.lower()
+        return any(w in text for w in REFUSAL_MARKERS)
+
+    @staticmethod
     def _parse(req: GenRequest, r) -> GenResult | None:
         try:
             data = r.json()
             choice = data["choices"][0]
-            text = choice["message"]["content"]
-            if not isinstance(text, str):
-                return None
-        except (ValueError, KeyError, IndexError, TypeError):
+            message = choice["message"]
+            text = message.get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        refusal = message.get("refusal")
+        if choice.get("finish_reason") == "content_filter" or isinstance(refusal, str) or text is None:
+            return GenResult(req.key, (refusal or "").strip() if isinstance(refusal, str) else "", 0, "refused",
+                             refused=True)
+        if not isinstance(text, str):
             return None
         usage = data.get("usage") or {}
         # completion_tokens when the server reports usage; else a whitespace-token estimate.
