@@ -50,7 +50,8 @@ def study(tmp_path_factory):
         "target": "target", "roles": {"stronger": ["strong"]},
         "prompts": {"train": {"source": train, "chosen_field": "good", "rejected_field": "bad"},
                     "eval": {"mini": {"source": evals}}},
-        "generate": {"sampling": {"num_samples": 2, "max_new_tokens": 6, "min_chars": 1}},
+        "generate": {"sampling": {"num_samples": 2, "max_new_tokens": 6, "min_chars": 1,
+                                  "greedy_penalties": True}},  # tiny random models decode to empty text without them
         "score": {"scorers": {"kw": {"kind": "keywords"}}, "reward": "kw"},
         "pairs": {"settings": ["original", "self_rm"]},
         "probe": {"features": ["surface"], "folds": 2},
