@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import StudyConfig, dump_config
 from ..figures import save_png
 from ..rundir import RunDir, atomic_open, read_json, write_text
+from ..standins import footnote, setting_label
 
 # How the paper groups the settings on its x-axis: pairs whose two sides come from different
 # sources ("multi-model") vs. pairs the target generates itself.
@@ -63,7 +64,7 @@ def _margins(rd: RunDir, setting: str) -> list[tuple[int, float]]:
     return pts
 
 
-def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
+def _fig_asr(evals: dict[str, dict], out: Path, judge: str, labels: dict[str, str] | None = None) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +85,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
     vals = [r[1] for r in rows]
     err = [[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]
     ax.bar(xs, vals, yerr=err, capsize=4, color=[colors[_group(r[0])] for r in rows])
-    ax.set_xticks(list(xs), [r[0] for r in rows], rotation=30, ha="right")
+    ax.set_xticks(list(xs), [(labels or {}).get(r[0], r[0]) for r in rows], rotation=30, ha="right")
     ax.set_ylabel(f"attack success rate ({judge})")
     ax.set_ylim(0, 1)
     from matplotlib.patches import Patch
@@ -97,7 +98,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, judge: str) -> Path | None:
     return save_png(fig, path)
 
 
-def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
+def _fig_margins(rd: RunDir, settings: list[str], out: Path, labels: dict[str, str] | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     curves = {s: _margins(rd, s) for s in settings}
@@ -106,7 +107,8 @@ def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for s, c in curves.items():
-        ax.plot([p[0] for p in c], [p[1] for p in c], label=s, linestyle="-" if s in SELF_GENERATED else "--")
+        ax.plot([p[0] for p in c], [p[1] for p in c], label=(labels or {}).get(s, s),
+                linestyle="-" if s in SELF_GENERATED else "--")
     ax.set_xlabel("training step")
     ax.set_ylabel("DPO reward margin (chosen - rejected)")
     ax.set_title("Reward-margin growth per setting (fast growth = easy shortcut)")
@@ -130,7 +132,8 @@ def _separability(rd: RunDir) -> dict[str, float]:
     return out
 
 
-def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, out: Path) -> Path | None:
+def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, out: Path,
+                    labels: dict[str, str] | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     pts = []
@@ -143,13 +146,22 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for s, x, y in pts:
         ax.scatter(x, y, color="#1b9e77" if s in SELF_GENERATED else "#d95f02")
-        ax.annotate(s, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.annotate((labels or {}).get(s, s), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("chosen-vs-rejected linear separability (probe accuracy)")
     ax.set_ylabel(f"ASR ({judge})")
     ax.set_title("Separability vs attack success rate")
     fig.tight_layout()
     path = out / "separability_vs_asr.png"
     return save_png(fig, path)
+
+
+def _judge_agreement(res: dict, judge: str) -> str:
+    """The judge's measured agreement with human labels on rows it was not fitted on, as
+    'accuracy (set)', or 'not measured'."""
+    a = ((res.get("judges") or {}).get(judge) or {}).get("agreement")
+    if not a or a.get("accuracy") is None:
+        return "not measured"
+    return f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
 
 
 def _ci(e: dict) -> str:
@@ -178,17 +190,23 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
                 judges.append(e["judge"])
     figs: list[Path] = []
     sections: list[tuple[str, str]] = []
+    # Settings built from a stand-in model carry a dagger wherever they are named.
+    labels = {s: setting_label(cfg, s) for s in [*cfg.pairs.settings, *evals]}
+    note = footnote(cfg, list(labels))
 
     # 1. safety
     if evals:
         rows = []
         for m in _order(list(evals)):
             for e in _asr_entries(evals[m]):
-                rows.append([m, _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"],
-                             _ci(e), e["n"], e.get("unparsed", 0)])
-        body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed"], rows)
+                rows.append([labels.get(m, m), _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"],
+                             _ci(e), e["n"], e.get("unparsed", 0), _judge_agreement(evals[m], e["judge"])])
+        body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed",
+                          "judge agreement (held out)"], rows)
+        if note:
+            body += f"\n\n{note}"
         for j in judges:
-            p = _fig_asr(evals, out, j)
+            p = _fig_asr(evals, out, j, labels)
             if p:
                 figs.append(p)
                 body += f"\n\n![ASR ({j})]({p.name})"
@@ -222,7 +240,7 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
         prow = []
         for s, r in (probe.get("settings") or {}).items():
             best = r.get("best") or {}
-            prow.append([s, _group(s), best.get("accuracy"), best.get("feature"),
+            prow.append([labels.get(s, s), _group(s), best.get("accuracy"), best.get("feature"),
                          (r.get("embedding") or {}).get("accuracy"), (r.get("surface") or {}).get("accuracy"),
                          r.get("n_pairs")])
         body = _md_table(["setting", "group", "best hidden-state acc.", "where", "embedding acc.", "surface acc.", "pairs"], prow)
@@ -234,21 +252,21 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
             figs.append(out / "probe_layers.png")
             body += "\n\n![probe accuracy per layer](probe_layers.png)"
         if judges:
-            p = _fig_sep_vs_asr(sep, evals, judges[0], out)
+            p = _fig_sep_vs_asr(sep, evals, judges[0], out, labels)
             if p:
                 figs.append(p)
                 body += f"\n\n![separability vs ASR]({p.name})"
         sections.append(("Chosen-vs-rejected separability (reward-hacking probe)", body))
 
     # 3. training dynamics
-    p = _fig_margins(rd, cfg.pairs.settings, out)
+    p = _fig_margins(rd, cfg.pairs.settings, out, labels)
     if p:
         figs.append(p)
         trows = []
         for s in cfg.pairs.settings:
             c = _margins(rd, s)
             if c:
-                trows.append([s, c[0][1], c[-1][1], len(c)])
+                trows.append([labels.get(s, s), c[0][1], c[-1][1], len(c)])
         sections.append(("Training dynamics", _md_table(["setting", "first margin", "last margin", "logged steps"], trows)
                          + f"\n\n![reward margins]({p.name})"))
 
@@ -259,10 +277,10 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
         for s, v in (st.get("settings") or st).items():
             if not isinstance(v, dict):
                 continue
-            srows.append([s, v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
+            srows.append([labels.get(s, s), v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
                           (v.get("chosen_chars") or {}).get("mean"), (v.get("rejected_chars") or {}).get("mean")])
         sections.append(("Preference data", _md_table(["setting", "pairs", "dropped", "mean margin", "chosen chars",
-                                                       "rejected chars"], srows)))
+                                                       "rejected chars"], srows) + (f"\n\n{note}" if note else "")))
 
     # 5. provenance
     m = rd.manifest()
