@@ -162,3 +162,23 @@ def measured_agreement(cfg: StudyConfig, judge_name: str) -> dict | None:
     else:
         return None
     return {"set": "jbb-judge", "n": a["n"], "accuracy": a["accuracy"], "kappa": a["kappa"], "how": how}
+
+
+def reward_agreement(cfg: StudyConfig) -> dict | None:
+    """The pair-selecting scorer's measured agreement with humans on rows it was not fitted on
+    (for pairs/stats.json and the report); None where no packaged measurement applies."""
+    spec = scorer_spec(cfg.score.reward, cfg)
+    if spec.kind != "embedding_rm":
+        return None
+    from .backends.scoring.embedding_rm import card, head_path
+
+    if not head_path().exists():  # fitted (and measured) by the score stage; never fitted here
+        return {"scorer": cfg.score.reward, "kind": spec.kind, "pairwise_accuracy": None,
+                "note": "head not fitted yet: run the score stage"}
+    c = card()["agreement"]
+    return {"scorer": cfg.score.reward, "kind": spec.kind,
+            "pairwise_accuracy": c["pairwise_accuracy"], "pairs": c["pairs"], "pairs_set": PAIRWISE_SET,
+            "pairs_how": "held out: these prompts are excluded from the head's training rows",
+            "harm_accuracy": c["cv_accuracy"], "harm_kappa": c["cv_kappa"],
+            "harm_how": f"out-of-fold on its own training rows (jbb-judge + pyrit-objective), {c['cv_folds']} folds "
+                        "grouped by prompt"}

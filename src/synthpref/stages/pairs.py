@@ -390,6 +390,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         stats["settings"][name] = setting_stats(spec, len(prompts), pairs, drops)
         stats["settings"][name]["spec_hash"] = hash_obj(spec.model_dump(mode="json"))[:16]
         stats["settings"][name]["stand_ins"] = setting_stand_ins(cfg, name)
+    from ..agreement import reward_agreement
+
+    stats["reward_agreement"] = reward_agreement(cfg)
     write_json(out / "stats.json", stats)
     if cfg.pairs.card:
         write_text(out / "README.md", dataset_card(cfg, specs, stats["settings"]))

@@ -164,6 +164,15 @@ def _judge_agreement(res: dict, judge: str) -> str:
     return f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
 
 
+def _reward_line(ra: dict | None) -> str:
+    """The pair-selecting scorer's measured agreement with humans (rows it was not fitted on)."""
+    if not ra or ra.get("pairwise_accuracy") is None:
+        return ""
+    return (f"\n\nReward scorer `{ra['scorer']}` ({ra['kind']}): pairwise accuracy {ra['pairwise_accuracy']:.3f} on "
+            f"{ra['pairs']} human preference pairs ({ra['pairs_set']}; {ra['pairs_how']}); harm accuracy "
+            f"{ra['harm_accuracy']:.3f} ({ra['harm_how']}).")
+
+
 def _ci(e: dict) -> str:
     """'[lo, hi]', or 'n/a' when every judgement was unparseable."""
     if e.get("ci_low") is None or e.get("ci_high") is None:
@@ -280,7 +289,8 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
             srows.append([labels.get(s, s), v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
                           (v.get("chosen_chars") or {}).get("mean"), (v.get("rejected_chars") or {}).get("mean")])
         sections.append(("Preference data", _md_table(["setting", "pairs", "dropped", "mean margin", "chosen chars",
-                                                       "rejected chars"], srows) + (f"\n\n{note}" if note else "")))
+                                                       "rejected chars"], srows) + (f"\n\n{note}" if note else "")
+                         + _reward_line(st.get("reward_agreement"))))
 
     # 5. provenance
     m = rd.manifest()
