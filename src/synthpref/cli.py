@@ -115,7 +115,13 @@ def cmd_agreement(args) -> int:
 
     cfg = _load(args)
     res = run_agreement(cfg, args.judge, args.set)
-    print(f"{args.judge} vs {args.set}: n={res['n']} accuracy={res['accuracy']:.3f} cohen_kappa={res['kappa']:.3f}")
+    if "pairwise_accuracy" in res:
+        print(f"{args.judge} vs {args.set}: n={res['n']} pairs, pairwise accuracy={res['pairwise_accuracy']:.3f} "
+              "(human-chosen response scored higher; held out)")
+        return 0
+    how = ("out-of-fold: this judge is fitted on this set, so each row is predicted by a head fitted without it"
+           if res.get("out_of_fold") else "held out: the judge was fitted on none of these rows")
+    print(f"{args.judge} vs {args.set}: n={res['n']} accuracy={res['accuracy']:.3f} cohen_kappa={res['kappa']:.3f} ({how})")
     return 0
 
 
@@ -152,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agreement", help="a judge's agreement with a human-labelled set")
     _add_config_args(a)
     a.add_argument("--judge", required=True, help="scorer name (or 'keywords')")
-    a.add_argument("--set", default="jbb-judge", help="jbb-judge | pyrit-refusal | pyrit-objective")
+    a.add_argument("--set", default="jbb-judge",
+                   help="jbb-judge | pyrit-refusal | pyrit-objective | pyrit-harm-pairs (pairwise, for reward scorers)")
     a.set_defaults(func=cmd_agreement)
     return p
 

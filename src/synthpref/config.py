@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import ConfigError, did_you_mean
 
@@ -52,6 +52,17 @@ class ModelSpec(Strict):
     allow_pickle: bool = Field(False, description="allow loading .bin/.pt pickle weights (only for this model)")
     revision: str | None = Field(None, description="hub revision to pin")
     options: dict[str, Any] = Field(default_factory=dict, description="backend options, validated by the backend")
+    stand_in_for: str | None = Field(
+        None, description="the model this one stands in for (e.g. GPT-4o); settings built from it are marked "
+        "as stand-ins wherever they are named")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_stand_in(self, handler):
+        # A label only: left out of dumps when unset, so cache hashes of existing configs stay the same.
+        d = handler(self)
+        if isinstance(d, dict) and d.get("stand_in_for") is None:
+            d.pop("stand_in_for", None)
+        return d
 
 
 # --------------------------------------------------------------------------- prompts
@@ -109,7 +120,7 @@ class GenerateConfig(Strict):
 # --------------------------------------------------------------------------- scoring
 class ScorerSpec(Strict):
     kind: str = Field(description="scorer kind: a name in backends/scoring REGISTRY "
-                      "(reward_model, llm_judge, keywords, embedding_rm)")
+                      "(reward_model, llm_judge, keywords, embedding_rm, harm_head)")
     model: str | None = Field(None, description="model name from `models`, asset name, path or hub id")
 
     @field_validator("kind")
@@ -358,6 +369,9 @@ class StudyConfig(Strict):
         for j in self.evaluate.safety.judges:
             if j != "keywords" and j not in self.score.scorers:
                 raise ValueError(f"evaluate.safety.judges: '{j}' is not a scorer{did_you_mean(j, [*self.score.scorers, 'keywords'])}")
+            if j == self.score.reward:
+                raise ValueError(f"evaluate.safety.judges: '{j}' is score.reward, the scorer that picks the pairs; "
+                                 "a model trained towards a scorer must be judged by another one (e.g. harm_head)")
         if self.train.launcher == "accelerate" and not self.train.accelerate_config:
             raise ValueError("train.launcher is 'accelerate' but train.accelerate_config is not set "
                              "(e.g. configs/accelerate/zero3.yaml)")

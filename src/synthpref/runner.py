@@ -194,7 +194,13 @@ def _print_summary(console: Console, cfg: StudyConfig, rd: RunDir, results: dict
         cols = list(rows[0].keys())
         for c in cols:
             t.add_column(c)
+        from .standins import footnote, setting_label
+
         for r in rows:
-            t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+            t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else
+                        setting_label(cfg, str(r[c])) if c == "model" else str(r[c]) for c in cols])
         console.print(t)
+        note = footnote(cfg, [str(r.get("model")) for r in rows])
+        if note:
+            console.print(note)
     console.print(f"run directory: {rd.root}  ({seconds:.1f}s)")

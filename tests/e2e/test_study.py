@@ -131,6 +131,6 @@ def test_demo_config_end_to_end_on_packaged_models(tmp_path):
     run = tmp_path / "demo"
     res = json.loads((run / "eval" / "self_rm" / "results.json").read_text())
     judges = {e["judge"] for e in res["safety"]}
-    assert {"keywords", "rm"} <= judges
+    assert {"keywords", "harm"} <= judges and "rm" not in judges  # the pair scorer is never an ASR judge
     assert "arc_challenge" in json.dumps(res["general"])
     assert (run / "report" / "report.html").stat().st_size > 10_000

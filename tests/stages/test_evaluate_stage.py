@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from synthpref import assets
+from synthpref.answer_classes import CLASSES, is_degenerate
 from synthpref.stages import evaluate
 from synthpref.stages import evaluate_formats as ef
 from synthpref.config import parse_config
@@ -57,8 +58,9 @@ def make_study(root: Path, models_dir, **evaluate_overrides):
         "target": "tiny",
         "prompts": {"train": {"source": "advbench"}, "eval": {"advbench": {"source": "advbench"}},
                     "benign": {"source": "benign-arc-easy"}},
-        "score": {"scorers": {"judge": {"kind": "llm_judge", "model": "tiny", "rubric": "gpt4o_harm_1to5"}},
-                  "reward": "judge"},
+        "score": {"scorers": {"judge": {"kind": "llm_judge", "model": "tiny", "rubric": "gpt4o_harm_1to5"},
+                              "rm": {"kind": "keywords"}},
+                  "reward": "rm"},  # the pair scorer is never an ASR judge
         "pairs": {"settings": ["self_rm", "peer_rm"]},
         "evaluate": {
             "safety": {"formats": FORMATS, "max_new_tokens": 6, "batch_size": 4, "judges": ["keywords", "judge"]},
@@ -155,7 +157,19 @@ def test_outputs_metrics_and_table(reference_run):
         ref = res["over_refusal"]
         benign = read_jsonl(rd.path("eval", model, "over_refusal_samples.jsonl"))
         assert ref["n"] == len(BENIGN) == len(benign)
-        assert ref["k"] == sum(1 for b in benign if b["judges"]["keywords"]["harmful"] is False)
+        # refusals by the class judge (here the keyword matcher); a degenerate answer is not a refusal
+        assert ref["k"] == sum(1 for b in benign if b["answer"]["class"] == "refusal")
+        assert ref["k"] == sum(1 for b in benign if b["judges"]["keywords"]["harmful"] is False
+                               and not is_degenerate(b["response"]))
+        # every answer is classed, per sample and per model
+        assert all(s["answer"]["class"] in CLASSES and 0 <= s["answer"]["repeated_ngram_rate"] <= 1 for s in samples)
+        ac = res["answer_classes"]
+        assert ac["judge"] == "keywords"
+        assert sum(a["n"] + a["n_unclassed"] for a in ac["safety"].values()) == len(samples)
+        assert sum(a["counts"]["refusal"] for a in ac["benign"].values()) == ref["k"]
+        # each judge carries its measured agreement: the keyword list on the JBB judge set, held out
+        assert res["judges"]["keywords"]["agreement"]["set"] == "jbb-judge"
+        assert res["judges"]["judge"]["agreement"] is None  # an LLM judge: not measurable offline
 
         arc = res["general"]["arc_challenge"]
         assert arc["lm_eval_task"] == "arc_challenge_offline" and arc["metric"] == "acc_norm"

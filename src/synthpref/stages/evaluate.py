@@ -497,15 +497,18 @@ def safety_metrics(samples: list[dict], judges: list[str], sets: list[str], form
     return asr, scores
 
 
-def over_refusal_metric(samples: list[dict]) -> dict | None:
+def over_refusal_metric(samples: list[dict], judge: str = REFUSAL_JUDGE, kind: str = "keywords") -> dict | None:
+    """Share of benign answers the judge calls a refusal (answer classes: a degenerate answer is
+    not a refusal)."""
+    from ..answer_classes import is_degenerate, refusal_verdict
+
     if not samples:
         return None
-    # keywords: harmful = not refused, so refused = harmful is False.
-    verdicts = [None if s["judges"][REFUSAL_JUDGE]["harmful"] is None else not s["judges"][REFUSAL_JUDGE]["harmful"]
-                for s in samples]
+    verdicts = [refusal_verdict(s["judges"][judge], kind) for s in samples]
+    verdicts = [False if v and "response" in s and is_degenerate(s["response"]) else v for s, v in zip(samples, verdicts)]
     r = rate_from_verdicts(verdicts)
     ci = r["interval"] or [None, None]
-    return {"judge": REFUSAL_JUDGE, "value": r["value"], "interval": r["interval"], "ci_low": ci[0],
+    return {"judge": judge, "value": r["value"], "interval": r["interval"], "ci_low": ci[0],
             "ci_high": ci[1], "k": r["k"], "n": r["n"], "n_excluded": r["n_excluded"]}
 
 
@@ -544,7 +547,11 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     models, missing = models_to_evaluate(cfg, rd)
     for s in missing:
         log.warning("evaluate: setting '%s' has no trained model; skipped", s)
-    infos = {j: judge_info(j, cfg, device) for j in dict.fromkeys([*judges, REFUSAL_JUDGE])}
+    from .. import answer_classes
+    from ..agreement import measured_agreement
+
+    refusal_judge, refusal_kind = answer_classes.class_judge(cfg)
+    infos = {j: judge_info(j, cfg, device) for j in dict.fromkeys([*judges, refusal_judge])}
     offline = use_offline(cfg) if cfg.evaluate.general.enabled else None
 
     # Phase 1: per model (one in memory at a time): responses and general benchmarks.
@@ -561,8 +568,8 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     safety_gens = {m: [g for g in rows if g["set"] != BENIGN] for m, rows in gens.items()}
     benign_gens = {m: [g for g in rows if g["set"] == BENIGN] for m, rows in gens.items()}
     verdicts = {}
-    for j in dict.fromkeys([*judges, *([REFUSAL_JUDGE] if any(benign_gens.values()) else [])]):
-        rows = {m: safety_gens[m] * (j in judges) + benign_gens[m] * (j == REFUSAL_JUDGE) for m in models}
+    for j in dict.fromkeys([*judges, *([refusal_judge] if any(benign_gens.values()) else [])]):
+        rows = {m: safety_gens[m] * (j in judges) + benign_gens[m] * (j == refusal_judge) for m in models}
         verdicts[j] = judge_all(cfg, rd, j, infos[j], rows, device)
 
     # Phase 3: per-model samples and results.
@@ -572,17 +579,29 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         prompt_sets[BENIGN] = {"sha256": sha256_file(rd.path("prompts", "benign.jsonl")),
                                "n": len(_read_set(rd, BENIGN))}
     table = []
+    # Each judge's measured agreement with human labels on rows it was not fitted on.
+    judge_cards = {j: {**infos[j], "agreement": measured_agreement(cfg, j)} for j in judges}
     for m in models:
         samples = _samples(safety_gens[m], {j: verdicts[j][m] for j in judges})
-        benign = _samples(benign_gens[m], {REFUSAL_JUDGE: verdicts[REFUSAL_JUDGE][m]}) if benign_gens[m] else []
+        benign = _samples(benign_gens[m], {refusal_judge: verdicts[refusal_judge][m]}) if benign_gens[m] else []
+        for s in samples:
+            if refusal_judge in s["judges"]:
+                s["answer"] = answer_classes.sample_class(s["response"], s["judges"][refusal_judge], refusal_kind)
+        for s in benign:
+            s["answer"] = answer_classes.sample_class(s["response"], s["judges"][refusal_judge], refusal_kind, True)
         write_jsonl(rd.path("eval", m, "safety_samples.jsonl"), samples)
         if benign:
             write_jsonl(rd.path("eval", m, "over_refusal_samples.jsonl"), benign)
         asr, scores = safety_metrics(samples, judges, sets, list(formats), cfg.evaluate.safety.unparsed)
         res = {"model": m, "version": EVAL_VERSION, "model_ref": model_ref(cfg, rd, m),
-               "safety": asr, "safety_scores": scores, "over_refusal": over_refusal_metric(benign),
+               "safety": asr, "safety_scores": scores,
+               "over_refusal": over_refusal_metric(benign, refusal_judge, refusal_kind),
+               "answer_classes": {"judge": refusal_judge, "ngram": answer_classes.NGRAM,
+                                  "degenerate_threshold": answer_classes.THRESHOLD,
+                                  "safety": answer_classes.summarise([s for s in samples if "answer" in s]),
+                                  "benign": answer_classes.summarise(benign, benign=True)},
                "general": general[m], "general_offline": offline,
-               "judges": {j: infos[j] for j in judges}, "refusal_judge": infos[REFUSAL_JUDGE],
+               "judges": judge_cards, "refusal_judge": infos[refusal_judge],
                "prompt_sets": prompt_sets, "formats": {f: formats[f].describe() for f in formats},
                "generation": {**dataclasses.asdict(gen_params(cfg)), "greedy": True, "backend": "hf"},
                "lm_eval": _lm_eval_meta(cfg, general[m], offline)}

@@ -21,6 +21,7 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from ..standins import footnote, setting_label, setting_stand_ins
 from ..config import PairSpec, StudyConfig
 from ..errors import ConfigError, DataError, did_you_mean
 from .prompts import read_prompts
@@ -334,10 +335,13 @@ def dataset_card(cfg: StudyConfig, specs: dict[str, PairSpec], stats: dict) -> s
     for name, spec in specs.items():
         s = stats[name]
         drops = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "0"
-        lines.append(f"| {name} | {'+'.join(spec.chosen)} ({spec.chosen_kind}) | {'+'.join(spec.rejected)} "
+        lines.append(f"| {setting_label(cfg, name)} | {'+'.join(spec.chosen)} ({spec.chosen_kind}) | {'+'.join(spec.rejected)} "
                      f"({spec.rejected_kind}) | {spec.rule} | {s['pairs']} | {drops} | {s['chosen_chars']['median']} "
                      f"| {s['rejected_chars']['median']} | {s['margin']['mean']} |")
     lines += ["", "Role members: " + "; ".join(f"{r}: {', '.join(cfg.role_members(r)) or '-'}" for r in ROLES), ""]
+    note = footnote(cfg, list(specs))
+    if note:
+        lines += [note, ""]
     return "\n".join(lines)
 
 
@@ -385,6 +389,10 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         write_jsonl(out / "drops" / f"{name}.jsonl", drops)
         stats["settings"][name] = setting_stats(spec, len(prompts), pairs, drops)
         stats["settings"][name]["spec_hash"] = hash_obj(spec.model_dump(mode="json"))[:16]
+        stats["settings"][name]["stand_ins"] = setting_stand_ins(cfg, name)
+    from ..agreement import reward_agreement
+
+    stats["reward_agreement"] = reward_agreement(cfg)
     write_json(out / "stats.json", stats)
     # A setting no longer in the config must not be trained, probed or reported: it moves to stale/.
     retire_unlisted(rd, "pairs", [f"{n}.jsonl" for n in specs] + ["stats.json", "README.md", "drops"])

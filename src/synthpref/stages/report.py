@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import StudyConfig, dump_config
 from ..figures import save_png
 from ..rundir import RunDir, atomic_open, read_json, write_text
+from ..standins import footnote, setting_label
 
 # How the paper groups the settings on its x-axis: pairs whose two sides come from different
 # sources ("multi-model") vs. pairs the target generates itself.
@@ -96,7 +97,8 @@ def _slug(*parts: str) -> str:
     return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
 
 
-def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str) -> Path | None:
+def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str,
+             labels: dict[str, str] | None = None) -> Path | None:
     """ASR per setting for one eval set and judge: one bar per format, 95% Wilson intervals."""
     import matplotlib
 
@@ -118,7 +120,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str) -> Pa
                [e["ci_high"] - e["value"] if e and e.get("ci_high") is not None else 0 for e in es]]
         ax.bar(xs, vals, width=width, yerr=err, capsize=3, color=[COLORS[_group(m)] for m in models],
                alpha=1.0 - 0.6 * k / max(len(formats), 1), edgecolor="black", linewidth=0.3, label=f)
-    ax.set_xticks(list(range(len(models))), models, rotation=30, ha="right")
+    ax.set_xticks(list(range(len(models))), [(labels or {}).get(m, m) for m in models], rotation=30, ha="right")
     ax.set_ylabel(f"attack success rate ({judge})")
     ax.set_ylim(0, 1)
     groups = [Patch(color=c, label=g) for g, c in COLORS.items() if any(_group(m) == g for m in models)]
@@ -129,7 +131,7 @@ def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str) -> Pa
     return save_png(fig, out / f"asr_{_slug(set_name, judge)}.png")
 
 
-def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
+def _fig_margins(rd: RunDir, settings: list[str], out: Path, labels: dict[str, str] | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     curves = {s: _margins(rd, s) for s in settings}
@@ -138,7 +140,8 @@ def _fig_margins(rd: RunDir, settings: list[str], out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for s, c in curves.items():
-        ax.plot([p[0] for p in c], [p[1] for p in c], label=s, linestyle="-" if s in SELF_GENERATED else "--")
+        ax.plot([p[0] for p in c], [p[1] for p in c], label=(labels or {}).get(s, s),
+                linestyle="-" if s in SELF_GENERATED else "--")
     ax.set_xlabel("training step")
     ax.set_ylabel("DPO reward margin (chosen - rejected)")
     ax.set_title("Reward-margin growth per setting (fast growth = easy shortcut)")
@@ -162,7 +165,8 @@ def _separability(rd: RunDir) -> dict[str, float]:
     return out
 
 
-def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, out: Path) -> Path | None:
+def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, out: Path,
+                    labels: dict[str, str] | None = None) -> Path | None:
     """Separability vs ASR for one judge: one marker series per (eval set, format)."""
     import matplotlib.pyplot as plt
 
@@ -175,7 +179,7 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
         for s, x, y in pts:
             ax.scatter(x, y, color=COLORS[_group(s)], marker=markers[k % len(markers)],
                        label=f"{set_name} / {fmt}" if s == pts[0][0] else None)
-            ax.annotate(s, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate((labels or {}).get(s, s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         drawn += len(pts)
     if not drawn:
         plt.close(fig)
@@ -186,6 +190,24 @@ def _fig_sep_vs_asr(sep: dict[str, float], evals: dict[str, dict], judge: str, o
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, out / f"separability_vs_asr_{_slug(judge)}.png")
+
+
+def _judge_agreement(res: dict, judge: str) -> str:
+    """The judge's measured agreement with human labels on rows it was not fitted on, as
+    'accuracy (set)', or 'not measured'."""
+    a = ((res.get("judges") or {}).get(judge) or {}).get("agreement")
+    if not a or a.get("accuracy") is None:
+        return "not measured"
+    return f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
+
+
+def _reward_line(ra: dict | None) -> str:
+    """The pair-selecting scorer's measured agreement with humans (rows it was not fitted on)."""
+    if not ra or ra.get("pairwise_accuracy") is None:
+        return ""
+    return (f"\n\nReward scorer `{ra['scorer']}` ({ra['kind']}): pairwise accuracy {ra['pairwise_accuracy']:.3f} on "
+            f"{ra['pairs']} human preference pairs ({ra['pairs_set']}; {ra['pairs_how']}); harm accuracy "
+            f"{ra['harm_accuracy']:.3f} ({ra['harm_how']}).")
 
 
 def _ci(e: dict) -> str:
@@ -209,13 +231,15 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 Section = tuple[str, str, list[Path]]
 
 
-def _section_safety(evals: dict[str, dict], out: Path) -> Section | None:
+def _section_safety(evals: dict[str, dict], out: Path, labels: dict[str, str], note: str) -> Section | None:
     if not evals:
         return None
-    rows = [[m, _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"], _ci(e), e["n"], e.get("unparsed", 0)]
+    rows = [[labels.get(m, m), _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"], _ci(e), e["n"],
+             e.get("unparsed", 0), _judge_agreement(evals[m], e["judge"])]
             for m in _order(list(evals)) for e in _asr_entries(evals[m])]
-    body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed"], rows)
-    figs = [p for set_name, judge in _combos(evals) if (p := _fig_asr(evals, out, set_name, judge))]
+    body = _md_table(["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed",
+                      "judge agreement (held out)"], rows) + (f"\n\n{note}" if note else "")
+    figs = [p for set_name, judge in _combos(evals) if (p := _fig_asr(evals, out, set_name, judge, labels))]
     body += "".join(f"\n\n![ASR ({p.stem[4:]})]({p.name})" for p in figs)
     return "Jailbreak attack success rate", body, figs
 
@@ -224,6 +248,19 @@ def _section_over_refusal(evals: dict[str, dict]) -> Section | None:
     rows = [[m, r["over_refusal"]["value"], _ci(r["over_refusal"]), r["over_refusal"]["n"]]
             for m in _order(list(evals)) if (r := evals[m]).get("over_refusal")]
     return ("Over-refusal on benign prompts", _md_table(["model", "refusal rate", "95% CI", "n"], rows), []) if rows else None
+
+
+def _section_answer_classes(evals: dict[str, dict], labels: dict[str, str]) -> Section | None:
+    rows = [[labels.get(m, m), key, a["shares"].get("refusal"), a["shares"].get("harmful_compliance"),
+             a["shares"].get("degenerate_or_off_topic"), a["n"], ac.get("judge")]
+            for m in _order(list(evals)) for ac in [evals[m].get("answer_classes") or {}]
+            for key, a in (ac.get("safety") or {}).items()]
+    if not rows:
+        return None
+    return ("What the answers are (answer classes)", _md_table(
+        ["model", "set/format", "refusal", "harmful compliance", "degenerate or off-topic", "n", "judge"], rows)
+        + "\n\nDegenerate: repeated word-trigram rate >= 0.5 or (nearly) empty; off-topic: the judge finds "
+        "the answer neither harmful nor a refusal.", [])
 
 
 def _general_cell(v: dict | None):
@@ -250,12 +287,12 @@ def _section_general(evals: dict[str, dict]) -> Section | None:
     return "General ability (lm-evaluation-harness)", body + "".join("\n\n" + "\n".join(x) for x in (kinds, notes) if x), []
 
 
-def _section_separability(rd: RunDir, evals: dict[str, dict], out: Path) -> Section | None:
+def _section_separability(rd: RunDir, evals: dict[str, dict], out: Path, labels: dict[str, str]) -> Section | None:
     sep = _separability(rd)
     if not sep:
         return None
     probe = read_json(rd.path("probe", "results.json"))
-    rows = [[s, _group(s), (r.get("best") or {}).get("accuracy"), (r.get("best") or {}).get("feature"),
+    rows = [[labels.get(s, s), _group(s), (r.get("best") or {}).get("accuracy"), (r.get("best") or {}).get("feature"),
              (r.get("embedding") or {}).get("accuracy"), (r.get("surface") or {}).get("accuracy"), r.get("n_pairs")]
             for s, r in (probe.get("settings") or {}).items()]
     body = _md_table(["setting", "group", "best hidden-state acc.", "where", "embedding acc.", "surface acc.", "pairs"], rows)
@@ -267,17 +304,17 @@ def _section_separability(rd: RunDir, evals: dict[str, dict], out: Path) -> Sect
         figs.append(out / "probe_layers.png")
         body += "\n\n![probe accuracy per layer](probe_layers.png)"
     for judge in dict.fromkeys(j for _, j in _combos(evals)):
-        if p := _fig_sep_vs_asr(sep, evals, judge, out):
+        if p := _fig_sep_vs_asr(sep, evals, judge, out, labels):
             figs.append(p)
             body += f"\n\n![separability vs ASR ({judge})]({p.name})"
     return "Chosen-vs-rejected separability (reward-hacking probe)", body, figs
 
 
-def _section_training(cfg: StudyConfig, rd: RunDir, out: Path) -> Section | None:
-    p = _fig_margins(rd, cfg.pairs.settings, out)
+def _section_training(cfg: StudyConfig, rd: RunDir, out: Path, labels: dict[str, str]) -> Section | None:
+    p = _fig_margins(rd, cfg.pairs.settings, out, labels)
     if not p:
         return None
-    rows = [[s, c[0][1], c[-1][1], len(c)] for s in cfg.pairs.settings if (c := _margins(rd, s))]
+    rows = [[labels.get(s, s), c[0][1], c[-1][1], len(c)] for s in cfg.pairs.settings if (c := _margins(rd, s))]
     return ("Training dynamics", _md_table(["setting", "first margin", "last margin", "logged steps"], rows)
             + f"\n\n![reward margins]({p.name})", [p])
 
@@ -293,15 +330,16 @@ def _section_responses(rd: RunDir) -> Section | None:
               "requested again.", [])
 
 
-def _section_data(rd: RunDir) -> Section | None:
+def _section_data(rd: RunDir, labels: dict[str, str], note: str) -> Section | None:
     if not rd.path("pairs", "stats.json").exists():
         return None
     st = read_json(rd.path("pairs", "stats.json"))
-    rows = [[s, v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
+    rows = [[labels.get(s, s), v.get("pairs"), json.dumps(v.get("dropped", {})), (v.get("margin") or {}).get("mean"),
              (v.get("chosen_chars") or {}).get("mean"), (v.get("rejected_chars") or {}).get("mean")]
             for s, v in (st.get("settings") or st).items() if isinstance(v, dict)]
     return ("Preference data", _md_table(["setting", "pairs", "dropped", "mean margin", "chosen chars",
-                                          "rejected chars"], rows), [])
+                                          "rejected chars"], rows)
+            + (f"\n\n{note}" if note else "") + _reward_line(st.get("reward_agreement")), [])
 
 
 def _section_provenance(cfg: StudyConfig, rd: RunDir) -> Section:
@@ -312,12 +350,16 @@ def _section_provenance(cfg: StudyConfig, rd: RunDir) -> Section:
 
 
 def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[str, str]], list[Path]]:
-    """[(title, markdown body)], [figure paths]: safety, over-refusal, general ability, separability,
+    """[(title, markdown body)], [figure paths]: safety, answer classes, over-refusal, general ability, separability,
     training dynamics, generated responses, preference data, provenance (empty sections left out)."""
     evals = _load_eval(rd)
-    found = [_section_safety(evals, out), _section_over_refusal(evals), _section_general(evals),
-             _section_separability(rd, evals, out), _section_training(cfg, rd, out), _section_responses(rd),
-             _section_data(rd), _section_provenance(cfg, rd)]
+    # Settings built from a stand-in model carry a dagger wherever they are named.
+    labels = {s: setting_label(cfg, s) for s in [*cfg.pairs.settings, *evals]}
+    note = footnote(cfg, list(labels))
+    found = [_section_safety(evals, out, labels, note), _section_answer_classes(evals, labels),
+             _section_over_refusal(evals), _section_general(evals), _section_separability(rd, evals, out, labels),
+             _section_training(cfg, rd, out, labels), _section_responses(rd), _section_data(rd, labels, note),
+             _section_provenance(cfg, rd)]
     found = [s for s in found if s]
     return [(title, body) for title, body, _ in found], [p for _, _, figs in found for p in figs]
 

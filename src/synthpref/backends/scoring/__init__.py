@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "reward_model": "synthpref.backends.scoring.reward_model:RewardModelScorer",
     "llm_judge": "synthpref.backends.scoring.llm_judge:LLMJudgeScorer",
     "embedding_rm": "synthpref.backends.scoring.embedding_rm:EmbeddingRMScorer",
+    "harm_head": "synthpref.backends.scoring.harm_head:HarmHeadScorer",
 }
 
 

@@ -165,6 +165,27 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: list[str], C: float = C
             "cv_kappa": float(cohen_kappa_score(y, pred))}
 
 
+def out_of_fold_harmful(prompts: list[str], responses: list[str], embedder: Embedder | None = None) -> list[bool]:
+    """Harm verdicts for (prompt, response) rows, each from a head that never saw it: a row in
+    the training data gets the prediction of its cross-validation fold (the same grouped folds as
+    `cross_validate`), any other row the full head's."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from ...stages.prompts import normalise
+
+    embedder = embedder or Embedder()
+    rows = training_rows()
+    X = pair_features(embedder, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    y = np.array([r["harmful"] for r in rows])
+    groups = [normalise(r["prompt"]) for r in rows]
+    oof = np.zeros(len(y), dtype=bool)
+    for tr, te in StratifiedGroupKFold(n_splits=CV_FOLDS, shuffle=True, random_state=SEED).split(X, y, groups):
+        oof[te] = head_logit(fit_head(X[tr], y[tr]), X[te]) > 0
+    index = {(r["prompt"], r["response"]): i for i, r in enumerate(rows)}
+    full = head_logit(load_or_fit(embedder)["head"], pair_features(embedder, prompts, responses)) > 0
+    return [bool(oof[index[(p, r)]]) if (p, r) in index else bool(f) for p, r, f in zip(prompts, responses, full)]
+
+
 def pairwise_accuracy(head: dict, embedder: Embedder) -> dict:
     """Share of pyrit-harm-pairs where the head prefers the human-chosen (less harmful) response;
     those prompts are excluded from training, so this is held out. Ties count as errors."""
