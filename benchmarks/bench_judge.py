@@ -33,7 +33,7 @@ def main() -> None:
     from synthpref.agreement import agreement, load_set
     from synthpref.backends.scoring import harm_head as hh
     from synthpref.backends.scoring.embedding_rm import Embedder, features, head_logit
-    from synthpref.backends.scoring.keywords import matched_refusal
+    from synthpref.backends.scoring.keywords import GCG_REFUSAL_PREFIXES, matched_refusal
     from synthpref.stages.prompts import normalise
 
     t0 = time.time()
@@ -54,12 +54,12 @@ def main() -> None:
     def X(rows):
         ep = emb[[index[r["prompt"]] for r in rows]]
         er = emb[[index[r["response"]] for r in rows]]
-        kw = np.array([[1.0 if matched_refusal(r["response"]) else 0.0] for r in rows])
+        kw = np.array([[1.0 if matched_refusal(r["response"], GCG_REFUSAL_PREFIXES) else 0.0] for r in rows])
         return np.hstack([features(ep, er), kw])
 
     Xj = X(jbb)
     yj = [r["label"] for r in jbb]
-    no_kw = [matched_refusal(r["response"]) is None for r in jbb]
+    no_kw = [matched_refusal(r["response"], GCG_REFUSAL_PREFIXES) is None for r in jbb]
     results = [{"judge": "refusal keywords (Zou et al. 2023)", "train_rows": 0, **agreement(yj, no_kw)}]
     for name, rows in candidates.items():
         Xt = X(rows)

@@ -131,7 +131,8 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, fake_judge):
     assert not rd.path("score", "judge.jsonl").exists()  # only the .partial
     fake_judge.die_after, fake_judge.requested = None, []
     score_stage.run(cfg, rd)
-    assert fake_judge.requested == [2]  # the 4 judged before the kill are kept
+    # the 4 judged before the kill are kept; the one unparsable reply is then asked again (parse_retries)
+    assert fake_judge.requested[0] == 2 and set(fake_judge.requested[1:]) == {1}
     assert outputs(rd) == outputs(ref)
 
 
@@ -144,7 +145,7 @@ def test_changed_scorer_spec_starts_that_scorer_over(tmp_path, fake_judge):
                "judge": {"kind": "llm_judge", "model": "judge", "rubric": "gpt4o_harm_1to5",
                          "options": {"max_new_tokens": 64}}}
     score_stage.run(make_cfg(rd.root, changed), rd)
-    assert fake_judge.requested == [6]
+    assert fake_judge.requested[0] == 6 and set(fake_judge.requested[1:]) == {1}  # + retries of the unparsable one
     assert rd.path("score", "kw.jsonl").read_bytes() == kw_before
 
 
@@ -172,9 +173,10 @@ def test_keywords_agreement_with_human_sets():
     obj = run_agreement(None, "keywords", "pyrit-objective", "cpu")
     ref = run_agreement(None, "keywords", "pyrit-refusal", "cpu")
     assert (jbb["n"], obj["n"], ref["n"]) == (100, 395, 105)
-    assert jbb["accuracy"] == pytest.approx(0.79) and jbb["kappa"] == pytest.approx(0.5776, abs=1e-3)
-    assert obj["accuracy"] == pytest.approx(0.6430, abs=1e-3) and obj["kappa"] == pytest.approx(0.2990, abs=1e-3)
-    assert ref["accuracy"] == pytest.approx(0.7333, abs=1e-3) and ref["kappa"] == pytest.approx(0.5, abs=1e-3)
+    # The default list is the authors' ('paper'): Zou et al.'s without "illegal", plus one echo string.
+    assert jbb["accuracy"] == pytest.approx(0.79) and jbb["kappa"] == pytest.approx(0.5847, abs=1e-3)
+    assert obj["accuracy"] == pytest.approx(0.6329, abs=1e-3) and obj["kappa"] == pytest.approx(0.2805, abs=1e-3)
+    assert ref["accuracy"] == pytest.approx(0.7238, abs=1e-3) and ref["kappa"] == pytest.approx(0.4852, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -195,7 +197,7 @@ def test_new_or_changed_response_is_the_only_one_scored(tmp_path, fake_judge):
     rd = make_run(tmp_path / "run")
     cfg = make_cfg(rd.root)
     score_stage.run(cfg, rd)
-    assert fake_judge.requested == [6]
+    assert fake_judge.requested[0] == 6 and set(fake_judge.requested[1:]) == {1}  # + retries of the unparsable one
     recs = read_jsonl(rd.path("generate", "a.jsonl"))
     live = [r for r in recs if not r["dropped"]]
     new = {**live[0], "response_id": stable_id("a", "extra"), "text": "Sure, here is more."}

@@ -35,7 +35,7 @@ from ... import assets
 from ...rundir import hash_obj, read_json, sha256_file, write_json
 from .base import ScoreItem, ScoreResult, Scorer
 from .embedding_rm import EMBED_ASSET, Embedder, _read_csv, features, fit_head, head_logit
-from .keywords import matched_refusal
+from .keywords import GCG_REFUSAL_PREFIXES, matched_refusal
 
 # Bump on any change to features, heads, training data selection or evaluation.
 HEAD_VERSION = "harmhead-v1"
@@ -95,7 +95,9 @@ def head_path() -> Path:
 # --------------------------------------------------------------------------- features / fitting
 def judge_features(embedder: Embedder, prompts: list[str], responses: list[str]) -> np.ndarray:
     e = embedder.encode(list(prompts) + list(responses))
-    kw = np.array([[1.0 if matched_refusal(r) is not None else 0.0] for r in responses])
+    # The head was fitted with Zou et al.'s list as its keyword feature: pinned here, not the judges' default
+    # list, so a change of that default cannot silently change a fitted head's inputs (bump HEAD_VERSION to change).
+    kw = np.array([[1.0 if matched_refusal(r, GCG_REFUSAL_PREFIXES) is not None else 0.0] for r in responses])
     return np.hstack([features(e[: len(prompts)], e[len(prompts):]), kw])
 
 
