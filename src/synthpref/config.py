@@ -27,7 +27,7 @@ class ModelSpec(Strict):
     """A named model: a packaged asset name, a local path, a hub id, or an API model name."""
 
     path: str = Field(description="packaged asset name (see `synthpref fetch --list`), local folder, hub id, or API model name")
-    backend: Literal["hf", "vllm", "openai", "llamacpp"] = Field("hf", description="generation backend")
+    backend: Literal["hf", "vllm", "openai", "llamacpp", "ct2"] = Field("hf", description="generation backend")
     chat_template: str | None = Field(
         None, description="Jinja chat template to use when the tokenizer has none (None: the model's own; "
         "a base model without one falls back to `plain_template`)")
@@ -221,6 +221,8 @@ class SafetyEvalConfig(Strict):
                                description="chat | alpaca | jailbreak:<template name> (see `synthpref templates`)")
     max_new_tokens: int = Field(512, ge=1, description="paper: 512")
     batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "ct2"] = Field(
+        "hf", description="generation backend for the safety/over-refusal answers; ct2 merges and converts each model once")
     judges: list[str] = Field(default_factory=lambda: ["keywords"],
                               description="scorer names from score.scorers, or the built-in 'keywords'")
 

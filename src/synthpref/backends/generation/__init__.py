@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "vllm": "synthpref.backends.generation.vllm_backend:VLLMBackend",
     "openai": "synthpref.backends.generation.openai_api:OpenAIBackend",
     "llamacpp": "synthpref.backends.generation.llamacpp:LlamaCppBackend",
+    "ct2": "synthpref.backends.generation.ct2:CT2Backend",
 }
 
 
