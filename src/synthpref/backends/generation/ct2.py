@@ -176,8 +176,10 @@ def converted_model(spec: ModelSpec, quantization: str, source: Path | None = No
                            "not one (fetch the model first, or use backend: hf)")
     key = conversion_key({"content": content_hash(src)}, quantization)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.path).name)[:60]
-    return convert_folder(src, cache_root() / f"{name}-{quantization}-{key}", quantization, spec.path,
-                          spec.trust_remote_code)
+    dest = cache_root() / f"{name}-{quantization}-{key}"
+    if (dest / "model.bin").exists():
+        return dest
+    return convert_folder(src, dest, quantization, spec.path, spec.trust_remote_code)
 
 
 # --------------------------------------------------------------------------- backend
