@@ -176,9 +176,11 @@ def converted_model(spec: ModelSpec, quantization: str, source: Path | None = No
                            "not one (fetch the model first, or use backend: hf)")
     key = conversion_key({"content": content_hash(src)}, quantization)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.path).name)[:60]
+    # The name is only for people reading the cache: any folder with this key is this model.
+    done = [p for p in cache_root().glob(f"*-{quantization}-{key}") if (p / "model.bin").exists()]
+    if done:
+        return done[0]
     dest = cache_root() / f"{name}-{quantization}-{key}"
-    if (dest / "model.bin").exists():
-        return dest
     return convert_folder(src, dest, quantization, spec.path, spec.trust_remote_code)
 
 
