@@ -32,7 +32,8 @@ def _options(spec: ModelSpec) -> dict:
 def quantization(spec: ModelSpec, device: str) -> str:
     from ..backends.generation.ct2 import resolve_quantization
 
-    return resolve_quantization(_options(spec).get("quantization", "auto"), "cuda" if str(device).startswith("cuda") else "cpu")
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return resolve_quantization(_options(spec).get("quantization", "auto"), kind)
 
 
 def engine_ref(cfg: StudyConfig, spec: ModelSpec, device: str) -> dict:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -55,8 +54,6 @@ from ...chat import prompt_mode, prompt_token_ids, stop_token_ids
 from ...config import ModelSpec
 from ...errors import BackendError
 from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
-
-log = logging.getLogger(__name__)
 
 # Bump when the conversion call changes (its options), so cached conversions are redone.
 CONVERT_VERSION = 1
