@@ -31,8 +31,8 @@ Batching and seeds:
   prompt's group (some of its records written, some not), the resumed run draws the missing
   records as a smaller group: a deterministic function of what the file holds, but not the texts
   the uninterrupted run would have written for them.
-  Reloading the converted model per group costs ~0.1-1 s (model size); `batch_size` does not
-  apply to sampled requests.
+  This costs one model load per prompt (the int8 file is small, so that is the cheap case);
+  `batch_size` does not apply to sampled requests.
 
 Controls per kind (greedy / sampled) are chosen in one place, `decoding_controls`.
 """
