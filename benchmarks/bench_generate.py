@@ -1,13 +1,18 @@
-"""Generation throughput: synthpref's batched hf backend vs the authors' batch-1 loop (vs llama.cpp).
+"""Generation throughput: ct2 (int8, float32) vs the batched hf backend vs the authors' batch-1 loop
+(vs llama.cpp single-stream when llama-cpp-python is importable), per model, for two workloads.
 
-All contenders answer the same prompts (the first --n-prompts AdvBench behaviours, formatted with
-the model's chat template) with the paper's sampling settings (temperature 0.5, top_p 0.9,
-repetition_penalty 1.2, no_repeat_ngram_size 3) and --max-new-tokens, in one process on one
-device, so the ratios are comparable. Tokens are the generated tokens each contender reports
-(up to and including the stop token). The batch-1 loop is what the authors' generation script
-does: `model.generate(do_sample=True)` on one prompt at a time.
+Workloads, on the first --n-prompts AdvBench behaviours (the model's chat template):
+- greedy:   one greedy answer per prompt (the evaluation's decoding: no repetition controls);
+- sample5:  --samples sampled answers per prompt with the paper's settings (temperature 0.5,
+            top_p 0.9, repetition_penalty 1.2, no_repeat_ngram_size 3): the Self+RM workload.
+Every contender generates --max-new-tokens tokens at most; tokens are those each contender
+reports (up to and including the stop token); tok/s = tokens / generation seconds (model load
+and the one-off ct2 conversion are not counted; ct2's per-prompt reload for seeded sampling is).
+The slow contenders answer fewer prompts (--slow-prompts for hf batched's sample5 workload,
+--loop-seqs sequences for the batch-1 loop, which runs one sequence at a time, so its tok/s is the
+same for both workloads and is measured once, sampled); their tok/s is what is compared.
 
-    SYNTHPREF_CACHE=... python benchmarks/bench_generate.py --n-prompts 16 --max-new-tokens 64
+    python benchmarks/bench_generate.py
 """
 
 from __future__ import annotations
@@ -15,17 +20,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import time
 
 from synthpref.backends.generation import GenParams, GenRequest, get_backend_class
 from synthpref.chat import prompt_token_ids, user_message
 from synthpref.config import ModelSpec
-from synthpref.models import pick_device
 from synthpref.stages.prompts import PACKAGED
+
+MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
 
 
 def batch1_loop(model, tokenizer, ids: list[list[int]], params: GenParams) -> tuple[int, float]:
-    """(generated tokens, seconds) for one-prompt-at-a-time sampling."""
+    """(generated tokens, seconds) for one-prompt-at-a-time sampling (the authors' script)."""
     import torch
 
     n, t0 = 0, time.perf_counter()
@@ -47,57 +54,94 @@ def timed(backend, reqs, params) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def workloads(prompts: list[str], samples: int, seed: int) -> dict[str, list[GenRequest]]:
+    greedy = [GenRequest(f"g{i:03d}", user_message(t), seed, greedy=True) for i, t in enumerate(prompts)]
+    sampled = [GenRequest(f"s{i:03d}-{j}", user_message(t), seed + 1000 * i + j, greedy=False)
+               for i, t in enumerate(prompts) for j in range(samples)]
+    return {"greedy": greedy, f"sample{samples}": sampled}
+
+
+def bench_model(model: str, args) -> dict[str, dict[str, tuple[int, float]]]:
+    import torch
+
+    prompts = [r["text"] for r in PACKAGED["advbench"]()[: args.n_prompts]]
+    work = workloads(prompts, args.samples, args.seed)
+    wname = f"sample{args.samples}"
+    greedy_p = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size)
+    sample_p = GenParams(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    params = {"greedy": greedy_p, wname: sample_p}
+    rows: dict[str, dict[str, tuple[int, float]]] = {"greedy": {}, wname: {}}
+
+    def report(w, name, val):
+        rows[w][name] = val
+        print(f"{model} {w:8s} {name:24s} {val[0]:6d} tok {val[1]:8.2f} s {val[0] / val[1]:8.1f} tok/s", flush=True)
+
+    for q in ("int8", "float32"):
+        t0 = time.perf_counter()
+        b = get_backend_class("ct2")(ModelSpec(path=model, backend="ct2", options={"quantization": q}))
+        print(f"{model} ct2 {q}: ready in {time.perf_counter() - t0:.1f} s (conversion on first use)", flush=True)
+        timed(b, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up
+        for w in rows:
+            report(w, f"ct2 {q}", timed(b, work[w], params[w]))
+        b.close()
+
+    hf = get_backend_class("hf")(ModelSpec(path=model))
+    timed(hf, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up
+    report("greedy", f"hf batched (bs={args.batch_size})", timed(hf, work["greedy"], greedy_p))
+    slow = work[wname][: args.slow_prompts * args.samples]
+    report(wname, f"hf batched (bs={args.batch_size})", timed(hf, slow, sample_p))
+    torch.manual_seed(args.seed)
+    ids = [prompt_token_ids(hf.tokenizer, hf.spec, r.messages) for r in work["greedy"][: args.loop_seqs]]
+    loop = batch1_loop(hf.model, hf.tokenizer, ids, sample_p)
+    for w in rows:
+        report(w, "batch-1 loop (authors)", loop)
+    hf.close()
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp skipped: llama-cpp-python is not installed", flush=True)
+    else:
+        try:
+            lc = get_backend_class("llamacpp")(ModelSpec(path=model, backend="llamacpp"))
+            for w in rows:
+                reqs = work[w][: args.loop_seqs] if w == wname else work[w]
+                report(w, "llama.cpp single-stream", timed(lc, reqs, params[w]))
+            lc.close()
+        except Exception as e:  # e.g. a model with no GGUF file
+            print(f"llama.cpp skipped for {model}: {e}", flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="asset name, folder or hub id")
+    ap.add_argument("--models", nargs="+", default=MODELS, help="asset names or folders")
     ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--slow-prompts", type=int, default=4, help="prompts of hf batched's sampled workload")
+    ap.add_argument("--loop-seqs", type=int, default=4, help="sequences of the batch-1 loop (and llama.cpp sampled)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     import torch
 
-    device = pick_device(args.device)
-    prompts = [r["text"] for r in PACKAGED["advbench"]()[: args.n_prompts]]
-    reqs = [GenRequest(f"p{i:04d}", user_message(t), args.seed + i, greedy=False) for i, t in enumerate(prompts)]
-    params = GenParams(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    spec = ModelSpec(path=args.model)
-    rows: dict[str, tuple[int, float]] = {}
-
-    hf = get_backend_class("hf")(spec, device=device)
-    timed(hf, reqs[:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up (allocator, kernels)
-    rows[f"hf batched (bs={args.batch_size})"] = timed(hf, reqs, params)
-    print(f"hf batched: {rows[f'hf batched (bs={args.batch_size})']}", flush=True)
-    torch.manual_seed(args.seed)
-    ids = [prompt_token_ids(hf.tokenizer, spec, r.messages) for r in reqs]
-    rows["batch-1 loop (authors)"] = batch1_loop(hf.model, hf.tokenizer, ids, params)
-    print(f"batch-1 loop: {rows['batch-1 loop (authors)']}", flush=True)
-    hf.close()
-
-    if importlib.util.find_spec("llama_cpp") is not None:
-        try:
-            lc = get_backend_class("llamacpp")(ModelSpec(path=args.model, backend="llamacpp"))
-            rows["llama.cpp (GGUF)"] = timed(lc, reqs, params)
-            lc.close()
-        except Exception as e:  # e.g. a model with no GGUF file
-            print(f"llama.cpp skipped: {e}")
-    else:
-        print("llama.cpp skipped: llama-cpp-python is not installed")
-
-    base = rows["batch-1 loop (authors)"]
-    base_tps = base[0] / base[1]
-    print(f"\nmodel={args.model} device={device} threads={torch.get_num_threads()} prompts={len(prompts)} "
-          f"max_new_tokens={args.max_new_tokens}")
-    print(f"{'contender':28s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>8s} {'x batch-1':>9s}")
-    result = {}
-    for name, (n, s) in rows.items():
-        tps = n / s
-        print(f"{name:28s} {n:7d} {s:8.2f} {tps:8.1f} {tps / base_tps:9.2f}")
-        result[name] = {"tokens": n, "seconds": round(s, 3), "tokens_per_s": round(tps, 2),
-                        "ratio_vs_batch1": round(tps / base_tps, 3)}
-    print(json.dumps({"model": args.model, "device": device, "results": result}))
+    result = {"args": vars(args), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "models": {}}
+    for model in args.models:
+        rows = bench_model(model, args)
+        out = {}
+        for w, contenders in rows.items():
+            hf = next(v for k, v in contenders.items() if k.startswith("hf batched"))
+            hf_tps = hf[0] / hf[1]
+            out[w] = {k: {"tokens": n, "seconds": round(s, 2), "tokens_per_s": round(n / s, 1),
+                          "x_hf_batched": round(n / s / hf_tps, 2)} for k, (n, s) in contenders.items()}
+        result["models"][model] = out
+    print("\n| model | workload | contender | tokens | seconds | tok/s | x hf batched |\n|---|---|---|---|---|---|---|")
+    for model, ws in result["models"].items():
+        for w, cs in ws.items():
+            for k, v in cs.items():
+                print(f"| {model} | {w} | {k} | {v['tokens']} | {v['seconds']} | {v['tokens_per_s']} | {v['x_hf_batched']} |")
+    print(json.dumps(result))
     return result
 
 

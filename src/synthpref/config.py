@@ -29,7 +29,7 @@ class ModelSpec(Strict):
 
     path: str = Field(description="packaged asset name (see `synthpref fetch --list`), local folder, hub id, or API model name")
     backend: str = Field("hf", description="generation backend: a name in backends/generation REGISTRY "
-                         "(hf, vllm, openai, llamacpp, responses: answers read from a prompt/response JSONL file or URL)")
+                         "(hf, ct2, vllm, openai, llamacpp, responses: answers read from a prompt/response JSONL file or URL)")
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
@@ -292,6 +292,8 @@ class SafetyEvalConfig(Strict):
                                description="chat | alpaca | jailbreak:<template name> (see `synthpref templates`)")
     max_new_tokens: int = Field(512, ge=1, description="paper: 512")
     batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "ct2"] = Field(
+        "hf", description="generation backend for the safety/over-refusal answers; ct2 merges and converts each model once")
     judges: list[str] = Field(default_factory=lambda: ["keywords"],
                               description="scorer names from score.scorers, or the built-in 'keywords'")
     unparsed: Literal["count", "exclude"] = Field(

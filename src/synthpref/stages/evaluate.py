@@ -101,6 +101,18 @@ def model_ref(cfg: StudyConfig, rd: RunDir, model: str) -> Any:
     return {"setting": model, "train": None}
 
 
+def _engine_ref(cfg: StudyConfig, session: "ModelSession") -> dict:
+    from .evaluate_ct2 import engine_ref
+
+    return engine_ref(cfg, session.spec, session.device)
+
+
+def _options_for(backend_cls, spec: ModelSpec) -> ModelSpec:
+    """`spec` keeping only the options `backend_cls` knows (the target may name another backend's)."""
+    return spec.model_copy(update={"options": {k: v for k, v in spec.options.items()
+                                               if k in backend_cls.Options.model_fields}})
+
+
 def _seed(*parts) -> int:
     return int(stable_id(*parts, n=8), 16)
 
@@ -171,20 +183,29 @@ def generate_responses(cfg: StudyConfig, rd: RunDir, session: ModelSession, rows
     """Greedy responses for `rows`, cached per record in eval/<model>/generations.jsonl."""
     params = gen_params(cfg)
     path = rd.path("eval", session.name, "generations.jsonl")
+    engine = cfg.evaluate.safety.backend
     inputs = hash_obj({"version": EVAL_VERSION, "model": model_ref(cfg, rd, session.name),
-                       "params": dataclasses.asdict(params), "seed": cfg.seed})
+                       "params": dataclasses.asdict(params), "seed": cfg.seed,
+                       **({"engine": _engine_ref(cfg, session)} if engine != "hf" else {})})
     writer = RecordWriter(path, "key", inputs)
     todo = [r for r in rows if not writer.done(r["key"])]
     if todo:
         from ..chat import format_prompt
 
-        model, tok = session.get()
+        if engine == "hf":
+            model, tok = session.get()
+            hf = get_backend_class("hf")
+            make = lambda spec: hf(_options_for(hf, spec), session.device, model=model, tokenizer=tok)  # noqa: E731
+        else:
+            from .evaluate_ct2 import ct2_factory
+
+            make, tok = ct2_factory(cfg, rd, session)
         by_format: dict[str, list[dict]] = {}
         for r in todo:
             by_format.setdefault(r["format"], []).append(r)
         for fmt_name, group in by_format.items():
             spec = formats[fmt_name].spec_for(session.spec)
-            backend = get_backend_class("hf")(spec, session.device, model=model, tokenizer=tok)
+            backend = make(spec)
             rows_by_key = {r["key"]: r for r in group}
             reqs = [GenRequest(r["key"], ({"role": "user", "content": r["input"]},), _seed(cfg.seed, r["key"]), True)
                     for r in group]
@@ -194,8 +215,10 @@ def generate_responses(cfg: StudyConfig, rd: RunDir, session: ModelSession, rows
                 shown = format_prompt(tok, spec, ({"role": "user", "content": r["input"]},))
                 writer.add({**r, "model_input": shown, "response": res.text, "n_tokens": res.n_tokens,
                             "finish_reason": res.finish_reason})
-            # The backend must not free the caller's model: drop our reference only.
-            backend.model = backend.tokenizer = None
+            if engine == "hf":  # the backend must not free the caller's model: drop our reference only
+                backend.model = backend.tokenizer = None
+            else:
+                backend.close()
     writer.finish()
     return [writer.records[r["key"]] for r in rows]
 
@@ -603,7 +626,8 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
                "general": general[m], "general_offline": offline,
                "judges": judge_cards, "refusal_judge": infos[refusal_judge],
                "prompt_sets": prompt_sets, "formats": {f: formats[f].describe() for f in formats},
-               "generation": {**dataclasses.asdict(gen_params(cfg)), "greedy": True, "backend": "hf"},
+               "generation": {**dataclasses.asdict(gen_params(cfg)), "greedy": True,
+                              "backend": cfg.evaluate.safety.backend},
                "lm_eval": _lm_eval_meta(cfg, general[m], offline)}
         write_json(rd.path("eval", m, "results.json"), res)
         table.append(table_row(m, res))

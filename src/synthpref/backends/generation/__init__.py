@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "openai": "synthpref.backends.generation.openai_api:OpenAIBackend",
     "llamacpp": "synthpref.backends.generation.llamacpp:LlamaCppBackend",
     "responses": "synthpref.backends.generation.responses_file:ResponsesFileBackend",
+    "ct2": "synthpref.backends.generation.ct2:CT2Backend",
 }
 
 

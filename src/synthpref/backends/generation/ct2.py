@@ -1,0 +1,282 @@
+"""CTranslate2 backend: the model converted once to a CTranslate2 folder, run int8 (CPU default)
+or float32, batched, in C++.
+
+Conversion: the model's safetensors folder (the same cached copy the hf backend loads) is
+converted with `ctranslate2.converters.TransformersConverter` into
+`<cache>/ct2/<name>-<quantization>-<key>/`, where key = hash(content of the model folder,
+quantization, ctranslate2 version, CONVERT_VERSION). The conversion writes into a temporary
+folder that is renamed into place, so a killed conversion leaves nothing half-written. File
+hashes are memoised by (path, size, mtime) so a 2 GB checkpoint is not re-read on every load.
+A trained model (the evaluate stage) is converted under a key its caller gives (the trained
+model's identity) instead, see `convert_folder`.
+
+Prompts: formatted exactly as the hf backend does (synthpref.chat.prompt_token_ids, the HF
+tokenizer of the model), then handed to CTranslate2 as token strings; the stop tokens are the
+same ids (eos of the generation config and tokenizer, plus turn-end markers in chat mode).
+
+Batching and seeds:
+- greedy requests are sorted by prompt length (longest first) and cut into batches of
+  `batch_size`; greedy decoding draws no random numbers, so a text depends only on its prompt
+  (padding can move logits in the last float bits, as in the hf backend).
+- sampled requests are grouped by prompt: all pending samples of one prompt are drawn in ONE call
+  with `num_hypotheses = len(group)`. CTranslate2 has no per-row seed: its sampler is one
+  `std::mt19937` per worker thread, seeded from `ctranslate2.set_random_seed` when that thread
+  first samples, and never re-seeded afterwards. So every group gets a fresh `Generator` (fresh
+  worker thread) created right after `set_random_seed(group seed)`, where group seed = hash of the
+  group's sorted record seeds, and the group's hypotheses are given to its records in order of
+  (seed, key). A sampled record's text therefore depends on: its prompt, the sampling settings,
+  the quantization, and the seeds of the pending samples of the same prompt in this call -- not on
+  the other prompts, the batch size or the order. A run that is re-run, or resumed after an
+  interruption between prompts, gives the same texts. If a run is killed in the middle of one
+  prompt's group (some of its records written, some not), the resumed run draws the missing
+  records as a smaller group: a deterministic function of what the file holds, but not the texts
+  the uninterrupted run would have written for them.
+  This costs one model load per prompt (the int8 file is small, so that is the cheap case);
+  `batch_size` does not apply to sampled requests.
+
+Controls per kind (greedy / sampled) are chosen in one place, `decoding_controls`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import Field
+
+from ...chat import prompt_mode, prompt_token_ids, stop_token_ids
+from ...config import ModelSpec
+from ...errors import BackendError
+from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
+
+# Bump when the conversion call changes (its options), so cached conversions are redone.
+CONVERT_VERSION = 1
+
+Quantization = Literal["auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16",
+                       "float32"]
+
+
+def _import_ct2(what: str):
+    try:
+        import ctranslate2
+    except ImportError:
+        raise BackendError(f"{what} uses backend 'ct2' but ctranslate2 is not installed; "
+                           "pip install ctranslate2 or use backend: hf") from None
+    return ctranslate2
+
+
+def resolve_quantization(q: str, device: str) -> str:
+    """'auto': int8 on CPU (fast, small), int8_float16 on CUDA."""
+    if q != "auto":
+        return q
+    return "int8_float16" if device == "cuda" else "int8"
+
+
+def decoding_controls(greedy: bool, params: GenParams) -> dict[str, Any]:
+    """generate_batch keywords for one kind of request, as the hf backend decodes: the penalties come
+    from `params.penalties(greedy)` (greedy: none, the authors' greedy pass, unless greedy_penalties);
+    sampled requests add temperature, top-k and top-p, greedy takes the argmax (sampling_topk=1)."""
+    rep, ngram = params.penalties(greedy)
+    c: dict[str, Any] = {"repetition_penalty": rep, "no_repeat_ngram_size": ngram or 0}
+    if greedy:
+        c["sampling_topk"] = 1
+    else:
+        c.update(sampling_topk=params.top_k or 0, sampling_topp=params.top_p, sampling_temperature=params.temperature)
+    return c
+
+
+# --------------------------------------------------------------------------- conversion cache
+def cache_root() -> Path:
+    from ... import assets
+
+    return assets.cache_dir() / "ct2"
+
+
+def _file_sha256(path: Path, memo: dict) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while b := f.read(1 << 20):
+                h.update(b)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the folder's files (names and contents), memoised in <cache>/ct2/hashes.json."""
+    memo_path = cache_root() / "hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    n = len(memo)
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{_file_sha256(p, memo)}\n".encode())
+    if len(memo) != n:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".hashes.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, sort_keys=True))
+        os.replace(tmp, memo_path)
+    return h.hexdigest()
+
+
+def conversion_key(identity: Any, quantization: str) -> str:
+    ct2 = _import_ct2("conversion")
+    blob = json.dumps({"identity": identity, "quantization": quantization, "ctranslate2": ct2.__version__,
+                       "version": CONVERT_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def convert_folder(source: Path, dest: Path, quantization: str, model_name: str,
+                   trust_remote_code: bool = False) -> Path:
+    """Convert the HF folder `source` into `dest` (skipped when dest is complete); atomic rename."""
+    if (dest / "model.bin").exists():
+        return dest
+    ct2 = _import_ct2(f"model '{model_name}'")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        conv = ct2.converters.TransformersConverter(str(source), low_cpu_mem_usage=True,
+                                                     trust_remote_code=trust_remote_code)
+        conv.convert(str(tmp / "model"), quantization=quantization, force=True)
+    except Exception as e:  # the converter raises ValueError/NotImplementedError/KeyError... per model
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"model '{model_name}' cannot be converted to CTranslate2 ({reason[:300]}); "
+                           "use backend: hf for this model") from None
+    try:
+        os.replace(tmp / "model", dest)
+    except OSError:
+        if not (dest / "model.bin").exists():  # not another process finishing first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def converted_model(spec: ModelSpec, quantization: str, source: Path | None = None) -> Path:
+    """The cached CTranslate2 folder of `spec` (converting it on first use)."""
+    from ...models import resolve_path
+
+    src = Path(source) if source is not None else Path(resolve_path(spec.path))
+    if not src.is_dir():
+        raise BackendError(f"model '{spec.path}': backend ct2 converts a local safetensors folder and '{src}' is "
+                           "not one (fetch the model first, or use backend: hf)")
+    key = conversion_key({"content": content_hash(src)}, quantization)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.path).name)[:60]
+    # The name is only for people reading the cache: any folder with this key is this model.
+    done = [p for p in cache_root().glob(f"*-{quantization}-{key}") if (p / "model.bin").exists()]
+    if done:
+        return done[0]
+    dest = cache_root() / f"{name}-{quantization}-{key}"
+    return convert_folder(src, dest, quantization, spec.path, spec.trust_remote_code)
+
+
+# --------------------------------------------------------------------------- backend
+def group_seed(seeds: list[int]) -> int:
+    blob = ",".join(str(s) for s in sorted(seeds))
+    return int(hashlib.sha256(blob.encode()).hexdigest()[:8], 16)
+
+
+class CT2Backend(GenerationBackend):
+    class Options(LocalModelOptions):
+        quantization: Quantization = Field(
+            "auto", description="weights/compute type; auto: int8 on CPU, int8_float16 on CUDA")
+        intra_threads: int = Field(0, ge=0, description="CPU threads per generation (0: CTranslate2's default)")
+
+    RUNTIME_OPTIONS = frozenset({"intra_threads"})
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", tokenizer=None, model_dir: str | Path | None = None,
+                 source_dir: str | Path | None = None, **kwargs):
+        """`model_dir`: an already converted folder (e.g. a trained model's); `source_dir`: the HF
+        folder to convert instead of the spec's path; `tokenizer`: the HF tokenizer to format with."""
+        super().__init__(spec, device)
+        ct2 = _import_ct2(f"model '{spec.path}'")
+        from ...models import load_tokenizer
+
+        self.ct2_device = "cuda" if str(device).startswith("cuda") and ct2.get_cuda_device_count() > 0 else "cpu"
+        self.quantization = resolve_quantization(self.options.quantization, self.ct2_device)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+            spec if source_dir is None else spec.model_copy(update={"path": str(source_dir), "revision": None}))
+        self.model_dir = Path(model_dir) if model_dir is not None else converted_model(
+            spec, self.quantization, Path(source_dir) if source_dir is not None else None)
+        self.mode = prompt_mode(self.tokenizer, spec)
+        self.stop_ids = stop_token_ids(self.tokenizer, spec, self._config_eos(source_dir))
+        self._greedy = None  # Generator for greedy batches, loaded on first use
+
+    def _config_eos(self, source_dir) -> list[int]:
+        """eos ids of the model's generation_config.json (the hf backend's extra stop ids)."""
+        from ...models import resolve_path
+
+        try:
+            src = Path(source_dir) if source_dir is not None else Path(resolve_path(self.spec.path))
+            eos = json.loads((src / "generation_config.json").read_text()).get("eos_token_id")
+        except Exception:  # no file, bad JSON: the tokenizer's eos still applies
+            return []
+        return [e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
+
+    def _generator(self):
+        import ctranslate2
+
+        return ctranslate2.Generator(str(self.model_dir), device=self.ct2_device, compute_type=self.quantization,
+                                     intra_threads=self.options.intra_threads)
+
+    def encode(self, req: GenRequest) -> list[int]:
+        return prompt_token_ids(self.tokenizer, self.spec, req.messages)
+
+    def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
+        encoded = {r.key: self.encode(r) for r in requests}
+        greedy, sampled = split_by_kind(requests)
+        greedy = sorted(greedy, key=lambda r: (-len(encoded[r.key]), r.key))
+        for i in range(0, len(greedy), params.batch_size):
+            batch = greedy[i:i + params.batch_size]
+            if self._greedy is None:
+                self._greedy = self._generator()
+            out = self._call(self._greedy, [encoded[r.key] for r in batch], params, True, 1)
+            yield from (self._result(r, res.sequences_ids[0], params) for r, res in zip(batch, out))
+        groups: dict[tuple, list[GenRequest]] = {}
+        for r in sampled:
+            groups.setdefault(tuple(encoded[r.key]), []).append(r)
+        for ids, group in sorted(groups.items(), key=lambda kv: (-len(kv[0]), min(r.key for r in kv[1]))):
+            yield from self._sample_group(list(ids), group, params)
+
+    def _sample_group(self, ids: list[int], group: list[GenRequest], params: GenParams) -> list[GenResult]:
+        import ctranslate2
+
+        group = sorted(group, key=lambda r: (r.seed, r.key))
+        ctranslate2.set_random_seed(group_seed([r.seed for r in group]))
+        gen = self._generator()  # fresh worker thread: its sampler is seeded from the seed just set
+        try:
+            out = self._call(gen, [ids], params, False, len(group))
+        finally:
+            del gen
+        return [self._result(r, seq, params) for r, seq in zip(group, out[0].sequences_ids)]
+
+    def _call(self, gen, ids: list[list[int]], params: GenParams, greedy: bool, n: int):
+        tokens = [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
+        return gen.generate_batch(tokens, max_length=params.max_new_tokens, include_prompt_in_result=False,
+                                  end_token=self.stop_ids or None, return_end_token=True, num_hypotheses=n,
+                                  beam_size=1, **decoding_controls(greedy, params))
+
+    def _result(self, req: GenRequest, row: list[int], params: GenParams) -> GenResult:
+        stops = set(self.stop_ids)
+        end = next((j for j, t in enumerate(row) if t in stops), None)
+        n = len(row) if end is None else end + 1
+        text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+        return GenResult(req.key, text, n, "length" if end is None else "stop")
+
+    def close(self) -> None:
+        from ...models import free
+
+        self._greedy = None
+        self.tokenizer = None
+        free()

@@ -1,0 +1,130 @@
+"""The CTranslate2 backend: conversion cache, sampling controls, determinism (tiny random Llama),
+and float32 greedy == hf greedy on SmolLM2 (@slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ctranslate2")
+
+from synthpref.backends.generation import GenParams, GenRequest, get_backend_class  # noqa: E402
+from synthpref.backends.generation import ct2 as ct2mod  # noqa: E402
+from synthpref.config import ModelSpec  # noqa: E402
+from synthpref.errors import BackendError  # noqa: E402
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty synthpref cache, so conversions land in the test's folder."""
+    monkeypatch.setenv("SYNTHPREF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from conftest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-ct2"), seed=3)
+
+
+def msgs(text):
+    return ({"role": "user", "content": text},)
+
+
+def spec_of(path, **options) -> ModelSpec:
+    return ModelSpec(path=str(path), backend="ct2", options=options)
+
+
+def sampled(prompts: list[str], n: int, seed0: int = 7) -> list[GenRequest]:
+    return [GenRequest(f"p{i}s{j}", msgs(t), seed=seed0 + 10 * i + j, greedy=False)
+            for i, t in enumerate(prompts) for j in range(n)]
+
+
+PROMPTS = ["The ocean is wide", "Cats like to sleep and", "Write a tutorial on how to make"]
+
+
+def test_conversion_is_cached_and_keyed(cache, tiny_dir):
+    spec = spec_of(tiny_dir, quantization="float32")
+    b1 = get_backend_class("ct2")(spec)
+    assert (b1.model_dir / "model.bin").exists() and b1.model_dir.parent == cache / "ct2"
+    mtime = (b1.model_dir / "model.bin").stat().st_mtime_ns
+    b2 = get_backend_class("ct2")(spec)
+    assert b2.model_dir == b1.model_dir and (b2.model_dir / "model.bin").stat().st_mtime_ns == mtime
+    b3 = get_backend_class("ct2")(spec_of(tiny_dir, quantization="int8"))
+    assert b3.model_dir != b1.model_dir  # quantization is part of the key
+    assert not [p for p in (cache / "ct2").iterdir() if p.name.startswith(".") and p.is_dir()]  # no temp left
+
+
+def test_unconvertible_model_names_model_and_hf(cache, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    d = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=8)).save_pretrained(d)
+    with pytest.raises(BackendError, match=r"model '.*bert'.*backend: hf"):
+        ct2mod.convert_folder(d, cache / "ct2" / "bert-x", "float32", str(d))
+    assert not (cache / "ct2" / "bert-x").exists()
+
+
+def test_no_repeat_ngram_and_shape(cache, tiny_dir):
+    b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
+    params = GenParams(temperature=1.5, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=3,
+                       max_new_tokens=40, batch_size=4)
+    reqs = sampled(PROMPTS, 3) + [GenRequest("g0", msgs("The ocean is wide"), seed=1, greedy=True)]
+    out = {r.key: r for r in b.generate(reqs, params)}
+    assert set(out) == {r.key for r in reqs}
+    for res in out.values():
+        assert res.finish_reason in ("stop", "length") and 0 < res.n_tokens <= 40
+    # no 3-gram repeats in the generated ids (re-tokenising text is not exact; check the ids)
+    for r in reqs:
+        ids = b._call(b._generator(), [b.encode(r)], params, r.greedy, 1)[0].sequences_ids[0]
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        assert len(grams) == len(set(grams)), r.key
+    # without the control, this tiny model repeats itself greedily
+    loose = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=40)
+    ids = b._call(b._generator(), [b.encode(reqs[-1])], loose, True, 1)[0].sequences_ids[0]
+    grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    assert len(grams) != len(set(grams))
+
+
+def test_sampling_is_deterministic_per_prompt_group(cache, tiny_dir):
+    b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
+    params = GenParams(temperature=1.0, top_p=0.95, max_new_tokens=24, batch_size=2)
+    reqs = sampled(PROMPTS, 4)
+    a = {r.key: r.text for r in b.generate(reqs, params)}
+    again = {r.key: r.text for r in b.generate(list(reversed(reqs)), params)}
+    assert a == again  # same texts whatever the order
+    alone = {r.key: r.text for r in b.generate([r for r in reqs if r.key.startswith("p1")], params)}
+    assert alone == {k: v for k, v in a.items() if k.startswith("p1")}  # other prompts do not matter
+    assert len({v for k, v in a.items() if k.startswith("p0")}) > 1  # the samples differ from each other
+    other = {r.key: r.text for r in b.generate(sampled(PROMPTS, 4, seed0=1000), params)}
+    assert other != a  # the seeds drive the draws
+
+
+def test_greedy_matches_hf_on_tiny_model(cache, tiny_dir):
+    spec = ModelSpec(path=str(tiny_dir))
+    hf = get_backend_class("hf")(spec)
+    b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
+    params = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=16, batch_size=4)
+    reqs = [GenRequest(f"g{i}", msgs(t), seed=0, greedy=True) for i, t in enumerate(PROMPTS)]
+    want = {r.key: (r.text, r.n_tokens, r.finish_reason) for r in hf.generate(reqs, params)}
+    got = {r.key: (r.text, r.n_tokens, r.finish_reason) for r in b.generate(reqs, params)}
+    assert got == want
+    hf.close()
+
+
+@pytest.mark.slow
+def test_float32_greedy_equals_hf_on_smollm2(smollm2_dir):
+    from synthpref.stages.prompts import PACKAGED
+
+    prompts = [r["text"] for r in PACKAGED["advbench"]()[:4]]
+    reqs = [GenRequest(f"a{i}", msgs(t), seed=0, greedy=True) for i, t in enumerate(prompts)]
+    params = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=32, batch_size=4)
+    hf = get_backend_class("hf")(ModelSpec(path=str(smollm2_dir)))
+    want = {r.key: r.text for r in hf.generate(reqs, params)}
+    hf.close()
+    b = get_backend_class("ct2")(spec_of(smollm2_dir, quantization="float32"))  # converts into the user cache
+    got = {r.key: r.text for r in b.generate(reqs, params)}
+    assert got == want
