@@ -70,8 +70,9 @@ def test_unconvertible_model_names_model_and_hf(cache, tmp_path):
 
 def test_no_repeat_ngram_and_shape(cache, tiny_dir):
     b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
+    # greedy_penalties: the greedy request gets the n-gram block too (by default greedy takes none)
     params = GenParams(temperature=1.5, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=3,
-                       max_new_tokens=40, batch_size=4)
+                       max_new_tokens=40, batch_size=4, greedy_penalties=True)
     reqs = sampled(PROMPTS, 3) + [GenRequest("g0", msgs("The ocean is wide"), seed=1, greedy=True)]
     out = {r.key: r for r in b.generate(reqs, params)}
     assert set(out) == {r.key for r in reqs}
@@ -82,8 +83,8 @@ def test_no_repeat_ngram_and_shape(cache, tiny_dir):
         ids = b._call(b._generator(), [b.encode(r)], params, r.greedy, 1)[0].sequences_ids[0]
         grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
         assert len(grams) == len(set(grams)), r.key
-    # without the control, this tiny model repeats itself greedily
-    loose = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=40)
+    # without the control (the default for greedy requests), this tiny model repeats itself greedily
+    loose = GenParams(repetition_penalty=1.0, no_repeat_ngram_size=3, max_new_tokens=40)
     ids = b._call(b._generator(), [b.encode(reqs[-1])], loose, True, 1)[0].sequences_ids[0]
     grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
     assert len(grams) != len(set(grams))
