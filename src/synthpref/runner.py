@@ -190,16 +190,25 @@ def _print_summary(console: Console, cfg: StudyConfig, rd: RunDir, results: dict
     ev = results.get("evaluate") or {}
     rows = ev.get("table") or []
     if rows:
-        t = Table(title=f"{cfg.name}: results")
-        cols = list(rows[0].keys())
-        for c in cols:
-            t.add_column(c)
         from .standins import footnote, setting_label
 
-        for r in rows:
-            t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else
-                        setting_label(cfg, str(r[c])) if c == "model" else str(r[c]) for c in cols])
-        console.print(t)
+        # The model column comes first and is never cut (its names are what a user types next);
+        # safety and general ability go in two tables so each fits an 80-column terminal, and a
+        # header breaks at its underscores rather than ending in an ellipsis.
+        labels = [setting_label(cfg, str(r["model"])) for r in rows]
+        metrics = [c for c in rows[0] if c != "model"]
+        safety = [c for c in metrics if c.startswith(("asr", "over_refusal"))]
+        for title, cols in ((f"{cfg.name}: safety", safety),
+                            (f"{cfg.name}: general ability", [c for c in metrics if c not in safety])):
+            if not cols:
+                continue
+            t = Table(title=title)
+            t.add_column("model", no_wrap=True, min_width=max(len(x) for x in labels))
+            for c in cols:
+                t.add_column(c.replace("_", "\n"), justify="right")
+            for label, r in zip(labels, rows):
+                t.add_row(label, *[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+            console.print(t)
         note = footnote(cfg, [str(r.get("model")) for r in rows])
         if note:
             console.print(note)
