@@ -244,8 +244,8 @@ def _section_safety(evals: dict[str, dict], out: Path, labels: dict[str, str], n
     return "Jailbreak attack success rate", body, figs
 
 
-def _section_over_refusal(evals: dict[str, dict]) -> Section | None:
-    rows = [[m, r["over_refusal"]["value"], _ci(r["over_refusal"]), r["over_refusal"]["n"]]
+def _section_over_refusal(evals: dict[str, dict], labels: dict[str, str]) -> Section | None:
+    rows = [[labels.get(m, m), r["over_refusal"]["value"], _ci(r["over_refusal"]), r["over_refusal"]["n"]]
             for m in _order(list(evals)) if (r := evals[m]).get("over_refusal")]
     return ("Over-refusal on benign prompts", _md_table(["model", "refusal rate", "95% CI", "n"], rows), []) if rows else None
 
@@ -357,7 +357,7 @@ def build_sections(cfg: StudyConfig, rd: RunDir, out: Path) -> tuple[list[tuple[
     labels = {s: setting_label(cfg, s) for s in [*cfg.pairs.settings, *evals]}
     note = footnote(cfg, list(labels))
     found = [_section_safety(evals, out, labels, note), _section_answer_classes(evals, labels),
-             _section_over_refusal(evals), _section_general(evals), _section_separability(rd, evals, out, labels),
+             _section_over_refusal(evals, labels), _section_general(evals), _section_separability(rd, evals, out, labels),
              _section_training(cfg, rd, out, labels), _section_responses(rd), _section_data(rd, labels, note),
              _section_provenance(cfg, rd)]
     found = [s for s in found if s]
