@@ -23,6 +23,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _registered(name: str, kind: str, what: str) -> str:
+    """`name` if backends/<kind> registers it: the registry is the one list of backends."""
+    import importlib
+
+    registry = importlib.import_module(f"synthpref.backends.{kind}").REGISTRY
+    if name not in registry:
+        raise ValueError(f"unknown {what} '{name}'{did_you_mean(name, registry)}")
+    return name
+
+
 # --------------------------------------------------------------------------- models
 class ModelSpec(Strict):
     """A named model: a packaged asset name, a local path, a hub id, or an API model name."""
@@ -33,11 +43,7 @@ class ModelSpec(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from .backends.generation import REGISTRY  # the registry is the one list of backends
-
-        if v not in REGISTRY:
-            raise ValueError(f"unknown generation backend '{v}'{did_you_mean(v, REGISTRY)}")
-        return v
+        return _registered(v, "generation", "generation backend")
 
     chat_template: str | None = Field(
         None, description="Jinja chat template to use when the tokenizer has none (None: the model's own; "
@@ -126,11 +132,7 @@ class ScorerSpec(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from .backends.scoring import REGISTRY  # the registry is the one list of scorer kinds
-
-        if v not in REGISTRY:
-            raise ValueError(f"unknown scorer kind '{v}'{did_you_mean(v, REGISTRY)}")
-        return v
+        return _registered(v, "scoring", "scorer kind")
 
     rubric: str | None = Field(None, description="llm_judge rubric: gpt4o_harm_1to5 (our rubric) | harmbench_yesno | strongreject")
     rubric_file: str | None = Field(
