@@ -7,7 +7,9 @@ Workloads, on the first --n-prompts AdvBench behaviours (the model's chat templa
             top_p 0.9, repetition_penalty 1.2, no_repeat_ngram_size 3): the Self+RM workload.
 Every contender generates --max-new-tokens tokens at most; tokens are those each contender
 reports (up to and including the stop token); tok/s = tokens / generation seconds (model load
-and the one-off ct2 conversion are not counted; ct2's per-prompt reload for seeded sampling is).
+and the one-off ct2 conversion are not counted; ct2's per-bucket reload for seeded sampling is).
+ct2 int8 also runs the sampled workload with `sample_bucket: 1` (one prompt per call) beside the
+default bucket of 8 prompts.
 The slow contenders answer fewer prompts (--slow-prompts for hf batched's sample5 workload,
 --loop-seqs sequences for the batch-1 loop, which runs one sequence at a time, so its tok/s is the
 same for both workloads and is measured once, sampled); their tok/s is what is compared.
@@ -85,6 +87,11 @@ def bench_model(model: str, args) -> dict[str, dict[str, tuple[int, float]]]:
         for w in rows:
             report(w, f"ct2 {q}", timed(b, work[w], params[w]))
         b.close()
+        if q == "int8":  # sampling one prompt per call (sample_bucket 1, the earlier design) vs the default bucket
+            b1 = get_backend_class("ct2")(ModelSpec(path=model, backend="ct2",
+                                                    options={"quantization": q, "sample_bucket": 1}))
+            report(wname, f"ct2 {q} bucket=1", timed(b1, work[wname], params[wname]))
+            b1.close()
 
     hf = get_backend_class("hf")(ModelSpec(path=model))
     timed(hf, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up

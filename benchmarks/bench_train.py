@@ -1,4 +1,5 @@
-"""Benchmark the train stage against plain TRL, and precompute_ref_log_probs on vs off.
+"""Benchmark the train stage against plain TRL, precompute_ref_log_probs on vs off, and the LoRA
+speed options side by side (--variants).
 
     python benchmarks/bench_train.py --model smollm2-135m-instruct --pairs 16 --steps 4 --lora
 
@@ -9,6 +10,10 @@ In one run, on the same model, pairs and settings:
   2. precompute: wall time of 2 epochs with `precompute_ref_log_probs` off vs on, precompute pass
      included (target: >= 1.3x faster). The saving is one reference forward per pair per epoch,
      paid once instead.
+  3. variants (--variants): seconds per pair and epoch of the train stage under each speed option
+     (precomputed reference log-probs, LoRA on the upper layers only, shorter sequences, larger
+     batches, and all of them together), each as a ratio against the all-layer LoRA baseline
+     measured in the same run on the same pairs.
 Prints a table and writes JSON (--out).
 """
 
@@ -111,6 +116,33 @@ def run_plain_trl(args, root: Path, pairs: list[dict]) -> dict:
     return {"wall_s": time.perf_counter() - t0, "step_s": timer.times, "steps": trainer.state.global_step}
 
 
+def variants(args, root: Path, pairs: list[dict]) -> list[dict]:
+    """Train the same pairs for --epochs under each option; report wall seconds per pair-epoch,
+    precompute pass and model load included, as a ratio against the baseline."""
+    top = args.top_layers
+    runs = [("baseline: LoRA all layers", {}),
+            ("precompute_ref_log_probs", {"precompute_ref_log_probs": True}),
+            (f"LoRA on top {top} layers", {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "top_layers": top}}),
+            (f"max_length {args.max_length * 3 // 4}", {"max_length": args.max_length * 3 // 4,
+                                                        "max_prompt_length": args.max_length * 3 // 8}),
+            (f"batch {args.batch * 2}", {"per_device_train_batch_size": args.batch * 2}),
+            ("precompute + top layers + batch x2", {"precompute_ref_log_probs": True,
+                                                    "per_device_train_batch_size": args.batch * 2,
+                                                    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "top_layers": top}})]
+    out = []
+    for i, (name, over) in enumerate(runs):
+        r = run_synthpref(args, root / f"variant-{i}", pairs, max_steps=-1, num_train_epochs=args.epochs, **over)
+        per = r["wall_s"] / (len(pairs) * args.epochs)
+        out.append({"variant": name, "wall_s": r["wall_s"], "steps": r["steps"], "s_per_pair_epoch": per,
+                    "median_step_s": statistics.median(r["step_s"][1:] or r["step_s"])})
+        base = out[0]["s_per_pair_epoch"]
+        print(f"{name:40s} {r['wall_s']:7.1f}s  {r['steps']:3d} steps  {per:.3f} s/pair-epoch  "
+              f"speedup {base / per:.2f}x", flush=True)
+    for o in out:
+        o["speedup_vs_baseline"] = out[0]["s_per_pair_epoch"] / o["s_per_pair_epoch"]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="asset name, folder or hub id")
@@ -122,6 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     p.add_argument("--repeats", type=int, default=1, help="repeat the overhead pair, report medians")
     p.add_argument("--skip-precompute", action="store_true")
+    p.add_argument("--variants", action="store_true",
+                   help="only the speed-option comparison (LoRA; see --epochs, --top-layers)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per variant")
+    p.add_argument("--top-layers", type=int, default=8, help="LoRA on the last N layers in the variants")
     p.add_argument("--out", default=None, help="write results JSON here")
     args = p.parse_args(argv)
 
@@ -130,6 +166,13 @@ def main(argv=None) -> int:
     set_threads()
     pairs = make_pairs(args.pairs, args.words)
     res: dict = {"args": vars(args)}
+    if args.variants:
+        args.lora = True
+        with tempfile.TemporaryDirectory() as tmp:
+            res["variants"] = variants(args, Path(tmp), pairs)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ours, plain = [], []

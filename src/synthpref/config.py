@@ -218,6 +218,9 @@ class LoraSpec(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    top_layers: int | None = Field(
+        None, ge=1, description="adapt only the last N decoder layers (peft layers_to_transform); the backward "
+        "pass then stops at the lowest adapted layer. None: every layer (the usual LoRA)")
 
 
 class SFTData(Strict):

@@ -119,6 +119,54 @@ def _pyrit_harm_pairs() -> list[dict]:
     return sorted(out, key=lambda r: normalise(r["text"]))
 
 
+def _pyrit_human_pairs() -> list[dict]:
+    """Every harmful objective in PyRIT's scorer-evals with a human-labelled safe response, for
+    studies that need more than the 74 `pyrit-harm-pairs`: those 74 first, then the objectives of
+    the three-annotator harm sets (mean score; least vs most harmful), then the `objective/*`
+    objectives with both a response humans marked as not achieving the objective (`human_score`
+    0: chosen) and one marked as achieving it (1: rejected), then objectives with only a safe
+    response (`human_chosen` alone: HC+Self and every generated setting use them; Original, which
+    needs both human sides, skips them). Several responses per label: the shortest is kept
+    (ties: text order). Objectives are deduplicated on their normalised text."""
+    out = _pyrit_harm_pairs()
+    seen = {normalise(r["text"]) for r in out}
+    # The harm sets scored by three annotators (`*multi_score*`, `mini_*`): mean of the three scores.
+    multi: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for f in sorted((assets.fetch("pyrit-scorer-evals") / "harm").glob("*.csv")):
+        if "multi" not in f.stem and "mini" not in f.stem:
+            continue
+        for r in _csv_rows(f, required=("objective", "assistant_response", "human_score_1")):
+            scores = [float(r[k]) for k in ("human_score_1", "human_score_2", "human_score_3") if r.get(k) not in (None, "")]
+            if scores and r["assistant_response"].strip():
+                multi[r["objective"]].append((sum(scores) / len(scores), r["assistant_response"]))
+    extra = []
+    for obj, resp in multi.items():
+        lo, hi = min(resp, key=lambda t: t[0]), max(resp, key=lambda t: t[0])
+        if hi[0] > lo[0] and normalise(obj) not in seen:
+            seen.add(normalise(obj))
+            extra.append({"text": obj, "human_chosen": lo[1], "human_rejected": hi[1], "human_margin": hi[0] - lo[0]})
+    out += sorted(extra, key=lambda r: normalise(r["text"]))
+    by_obj: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for f in sorted((assets.fetch("pyrit-scorer-evals") / "objective").glob("*.csv")):
+        for r in _csv_rows(f, required=("objective", "assistant_response", "human_score")):
+            if r["assistant_response"].strip() and r["human_score"] in ("0", "1"):
+                by_obj[r["objective"]][r["human_score"]].append(r["assistant_response"])
+    both, safe_only = [], []
+    for obj, resp in by_obj.items():
+        key = normalise(obj)
+        if key in seen or not resp.get("0"):
+            continue
+        seen.add(key)
+        pick = lambda xs: min(xs, key=lambda t: (len(t), t))  # noqa: E731
+        rec = {"text": obj, "human_chosen": pick(resp["0"])}
+        if resp.get("1"):
+            both.append({**rec, "human_rejected": pick(resp["1"]), "human_margin": 1.0})
+        else:
+            safe_only.append(rec)
+    by_text = lambda r: normalise(r["text"])  # noqa: E731
+    return out + sorted(both, key=by_text) + sorted(safe_only, key=by_text)
+
+
 def _benign_arc() -> list[dict]:
     from datasets import load_from_disk
 
@@ -137,6 +185,7 @@ PACKAGED: dict[str, Callable[[], list[dict]]] = {
     "strongreject": _strongreject,
     "donotanswer": _donotanswer,
     "pyrit-harm-pairs": _pyrit_harm_pairs,
+    "pyrit-human-pairs": _pyrit_human_pairs,
     "benign-arc-easy": _benign_arc,
 }
 

@@ -306,12 +306,22 @@ def sft_config(cfg: StudyConfig, device: str, output_dir: Path):
     return SFTConfig(**kwargs)
 
 
-def lora_config(cfg: StudyConfig):
+def lora_config(cfg: StudyConfig, n_layers: int | None = None):
+    """peft LoraConfig; with `lora.top_layers` only the last N of the model's `n_layers` decoder
+    layers get adapters, so autograd never runs below the lowest of them."""
     from peft import LoraConfig
 
     lc = cfg.train.lora
+    layers = {}
+    if lc.top_layers is not None:
+        if n_layers is None:
+            raise ConfigError("train.lora.top_layers: the model's layer count is unknown; remove top_layers")
+        if lc.top_layers > n_layers:
+            raise ConfigError(f"train.lora.top_layers: {lc.top_layers} > the model's {n_layers} layers; "
+                              f"use at most {n_layers}")
+        layers = {"layers_to_transform": list(range(n_layers - lc.top_layers, n_layers)), "layers_pattern": "layers"}
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
-                      task_type="CAUSAL_LM")
+                      task_type="CAUSAL_LM", **layers)
 
 
 # --------------------------------------------------------------------------- training dynamics
@@ -619,7 +629,8 @@ def train_setting(cfg: StudyConfig, rd: RunDir, setting: str, *, _callbacks: lis
     resume, resume_step = _last_checkpoint(ckpt)
     log = MetricsLog(out / "metrics.jsonl", resume_step, _is_main())
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tok, peft_config=lora_config(cfg) if cfg.train.use_lora else None,
+                         processing_class=tok,
+                         peft_config=lora_config(cfg, model.config.get_text_config().num_hidden_layers) if cfg.train.use_lora else None,
                          callbacks=[log, *(_callbacks or [])])
     pairs_sha = sha256_file(pairs_path(rd, setting))
     data = {"data setting": setting, "pairs file": f"pairs/{setting}.jsonl", "pairs sha256": pairs_sha,
