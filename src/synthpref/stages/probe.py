@@ -359,8 +359,10 @@ def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device
     return cache
 
 
-def plot_layers(rows: list[dict], path: Path, reported: int | None = None) -> None:
-    """Accuracy per layer, one panel per pooling; the reported (fixed) layer is marked."""
+def plot_layers(rows: list[dict], path: Path, reported: int | None = None, reported_pooling: str | None = None,
+                labels: dict[str, str] | None = None) -> None:
+    """Accuracy per layer, one panel per pooling; the reported (fixed) layer is marked in the
+    reported pooling's panel; settings named by `labels` (a dagger for stand-ins)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,9 +376,10 @@ def plot_layers(rows: list[dict], path: Path, reported: int | None = None) -> No
     for ax, pool in zip(axes[0], poolings):
         for setting in dict.fromkeys(r["setting"] for r in hidden):
             pts = sorted((r["layer"], r["accuracy"]) for r in hidden if r["setting"] == setting and r["pooling"] == pool)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=setting)
+            name = (labels or {}).get(setting, setting)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.axhline(0.5, color="grey", ls=":", lw=1)
-        if reported is not None:
+        if reported is not None and pool == reported_pooling:
             ax.axvline(reported, color="black", ls="--", lw=1)
             ax.annotate("reported layer", (reported, 0.32), xytext=(-4, 0), textcoords="offset points",
                         ha="right", fontsize=8)
@@ -505,5 +508,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
                                       "method": _method(cfg.probe, layers, layer),
                                       "settings": per_setting, "skipped": skipped, "rows": rows, "warnings": warnings})
     if any(r["family"] == "hidden" for r in rows):
-        plot_layers(rows, out / "layers.png", layer)
+        from ..standins import setting_label
+
+        plot_layers(rows, out / "layers.png", layer, cfg.probe.pooling[0], {s: setting_label(cfg, s) for s in data})
     return _summary(per_setting, warnings)

@@ -589,6 +589,7 @@ def _section_separability(ctx: Context) -> Section | None:
             "default the last layer; the first `probe.pooling`), so it is not a maximum over layers. "
             if rep else "") + "Intervals: 95% Wilson over pairs; folds grouped by prompt."
     body = render("sections/separability.md.j2", rule=rule, warnings=probe.get("warnings", []), figures=pics,
+                  note=ctx.note,
                   table=table(["setting", "group", "hidden state [95% CI]", "where", "embedding", "surface",
                                "length", "pairs"], rows))
     return Section("Chosen-vs-rejected separability (reward-hacking probe)", body, figs)
