@@ -202,7 +202,11 @@ class ProbeConfig(Strict):
     features: list[Literal["hidden", "embedding", "surface"]] = Field(
         default_factory=lambda: ["hidden", "embedding", "surface"])
     layer_stride: int = Field(4, ge=1, description="probe every k-th layer of the target (plus the last)")
-    pooling: list[Literal["last", "mean"]] = Field(default_factory=lambda: ["last", "mean"])
+    layer: int | None = Field(None, ge=0, description="hidden-state index whose probe accuracy is the reported "
+                              "separability (0 = embeddings; null = the last layer), with the first `pooling`; fixed "
+                              "in advance because the maximum over layers is biased upward")
+    pooling: list[Literal["last", "mean"]] = Field(default_factory=lambda: ["last", "mean"], min_length=1,
+                                                   description="poolings probed; the first is the reported one")
     embedding_model: str = Field("all-minilm-l6-v2", description="sentence-embedding model for (b)")
     folds: int = Field(5, ge=2)
     max_pairs: int | None = Field(None, ge=4, description="subsample pairs per setting for speed")

@@ -79,3 +79,84 @@ def normal_interval(value: float | None, stderr: float | None, confidence: float
         return None
     z = z_value(confidence)
     return [value - z * stderr, value + z * stderr]
+
+
+# --------------------------------------------------------------------------- paired proportions
+# Two measurements on the same prompts (one model's verdict vs another's): the 2x2 table of pairs
+#                 second +   second -
+#     first +        a          b
+#     first -        c          d
+# with first rate p1 = (a + b) / n, second rate p2 = (a + c) / n and difference p1 - p2 = (b - c) / n.
+# Only the discordant cells b and c carry information about the difference.
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for b and c discordant pairs.
+
+    Under "no difference" each of the b + c discordant pairs falls either way with probability 1/2,
+    so the test is a binomial test with p = 0.5 on b + c trials (McNemar 1947, Psychometrika
+    12:153-157, in its exact conditional form; see Fagerland, Lydersen & Laake 2013, BMC Medical
+    Research Methodology 13:91): p = min(1, 2 * P(X <= min(b, c))), X ~ Binomial(b + c, 1/2).
+    No discordant pairs gives p = 1. Worked: b=0, c=6 -> 2/64 = 0.03125; b=1, c=9 -> 22/1024."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)  # integer numerator and denominator: exact until the one division
+
+
+def paired_difference_interval(a: int, b: int, c: int, d: int,
+                               confidence: float = 0.95) -> tuple[float, float] | None:
+    """Interval for p1 - p2 from paired data (table above): Newcombe's hybrid score interval.
+
+    R. G. Newcombe (1998), "Improved confidence intervals for the difference between binomial
+    proportions based on paired data", Statistics in Medicine 17:2635-2650, method 10: the Wilson
+    score intervals (l1, u1) of p1 and (l2, u2) of p2 are combined by "square and add", corrected
+    for the correlation phi of the two measurements:
+
+        L = D - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)
+        U = D + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + (u1 - p1)^2)
+
+    with phi = C / sqrt((a+b)(c+d)(a+c)(b+d)), where C = ad - bc - n/2 if ad - bc > n/2, 0 if
+    0 <= ad - bc <= n/2, and ad - bc if it is negative (phi = 0 when a margin is empty). Unlike the
+    Wald interval it never collapses to a point when b = c = 0, and it stays inside [-1, 1].
+    Checked against Fagerland, Lydersen & Laake (2017), "Statistical Analysis of Contingency
+    Tables", ch. 8, Cavo et al. (2012) example (tests/unit/test_stats_paired.py). None when n = 0."""
+    if min(a, b, c, d) < 0:
+        raise ValueError(f"cell counts must be >= 0, got a={a}, b={b}, c={c}, d={d}")
+    n = a + b + c + d
+    if n == 0:
+        return None
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, confidence)
+    l2, u2 = wilson_interval(a + c, n, confidence)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    cross = a * d - b * c
+    corr = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+    phi = corr / math.sqrt(margins) if margins else 0.0
+    diff = p1 - p2
+    dl1, du1, dl2, du2 = p1 - l1, u1 - p1, p2 - l2, u2 - p2
+    lo = diff - math.sqrt(max(0.0, dl1 ** 2 - 2 * phi * dl1 * du2 + du2 ** 2))
+    hi = diff + math.sqrt(max(0.0, dl2 ** 2 - 2 * phi * dl2 * du1 + du1 ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+def paired_rates(pairs: Iterable[tuple[bool | None, bool | None]], confidence: float = 0.95) -> dict:
+    """Two rates on the same items, from (first, second) verdict pairs; a pair with a None is left out.
+
+    {'n', 'a', 'b', 'c', 'd', 'rate_first', 'rate_second', 'difference' (first - second),
+    'interval' (Newcombe method 10), 'p_value' (exact McNemar on b, c), 'n_excluded'}."""
+    ps = list(pairs)
+    kept = [(bool(x), bool(y)) for x, y in ps if x is not None and y is not None]
+    a = sum(1 for x, y in kept if x and y)
+    b = sum(1 for x, y in kept if x and not y)
+    c = sum(1 for x, y in kept if not x and y)
+    d = len(kept) - a - b - c
+    n = len(kept)
+    ci = paired_difference_interval(a, b, c, d, confidence)
+    return {"n": n, "a": a, "b": b, "c": c, "d": d, "n_excluded": len(ps) - n,
+            "rate_first": (a + b) / n if n else None, "rate_second": (a + c) / n if n else None,
+            "difference": (b - c) / n if n else None, "interval": list(ci) if ci else None,
+            "p_value": mcnemar_exact(b, c), "confidence": confidence}

@@ -14,6 +14,7 @@ from pairs_helpers import full_run  # noqa: E402
 
 from synthpref.stages import pairs, probe  # noqa: E402
 from synthpref.rundir import read_json  # noqa: E402
+from synthpref.errors import ConfigError  # noqa: E402
 
 
 def test_pairs_load_with_datasets_and_train_with_trl_dpo(tmp_path, tiny_model_dir):
@@ -60,11 +61,17 @@ def test_probe_stage_results_plot_warning_cache_and_determinism(tmp_path, tiny_m
     assert len(hidden) == 2 * 2 * 2  # settings x layers x poolings
     for r in res["rows"]:
         assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 and r["n_pairs"] == 8
-    best = res["settings"]["self_rm"]["best_layer"]
-    assert best["accuracy"] == max(r["accuracy"] for r in hidden if r["setting"] == "self_rm")
+    # The reported figure is the fixed layer (default: the last, 2) with the first pooling, never a
+    # maximum over layers; every layer stays in rows for the curve.
+    assert res["method"]["reported"]["layer"] == 2 and res["method"]["reported"]["pooling"] == "last"
+    for s in ("original", "self_rm"):
+        fixed = res["settings"][s]["hidden"]
+        row = next(r for r in hidden if r["setting"] == s and r["layer"] == 2 and r["pooling"] == "last")
+        assert (fixed["layer"], fixed["pooling"], fixed["feature"]) == (2, "last", "hidden L2 last")
+        assert fixed["accuracy"] == row["accuracy"] and fixed["ci_low"] == row["ci_low"]
+        assert "best" not in res["settings"][s] and "best_layer" not in res["settings"][s]
     # The hand-made pairs differ by template and length: surface features separate them -> warning.
     assert res["settings"]["original"]["surface"]["accuracy"] == 1.0
-    assert res["settings"]["self_rm"]["best"]["feature"].startswith("hidden L")
     assert any(w.startswith("original:") and "shortcuts" in w for w in res["warnings"])
     assert rd.path("probe", "layers.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -79,6 +86,24 @@ def test_probe_stage_results_plot_warning_cache_and_determinism(tmp_path, tiny_m
     probe.run(cfg2, rd2)
     a, b = read_json(rd2.path("probe", "results.json")), res
     assert a["rows"] == b["rows"] and a["warnings"] == b["warnings"]
+
+
+def test_probe_reports_the_configured_layer_not_the_best(tmp_path, tiny_model_dir):
+    """probe.layer picks the reported layer in advance (probed even off the stride); the figure is
+    that layer's cross-validated accuracy even where another layer scores higher."""
+    cfg, rd, _ = full_run(tmp_path, n_prompts=8, target_path=tiny_model_dir, pairs={"settings": ["self_rm"]},
+                          probe={"features": ["hidden"], "layer_stride": 2, "layer": 1, "pooling": ["mean", "last"],
+                                 "folds": 4, "batch_size": 4})
+    pairs.run(cfg, rd)
+    probe.run(cfg, rd)
+    res = read_json(rd.path("probe", "results.json"))
+    assert res["method"]["layers"] == [0, 1, 2]
+    fixed = res["settings"]["self_rm"]["hidden"]
+    row = next(r for r in res["rows"] if r["layer"] == 1 and r["pooling"] == "mean")
+    assert (fixed["layer"], fixed["pooling"], fixed["accuracy"]) == (1, "mean", row["accuracy"])
+    bad = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"layer": 9})})
+    with pytest.raises(ConfigError, match="probe.layer: 9"):
+        probe.run(bad, rd)
 
 
 def test_probe_skips_settings_with_too_few_pairs(tmp_path, tiny_model_dir):

@@ -115,6 +115,7 @@ def test_full_finetune_learns_saves_and_is_not_retrained(tmp_path, tiny_model):
     done = read_json(rd.path("train", "s1", "done.json"))
     assert "s1" in card and done["pairs_sha256"] in card and "beta: 0.1" in card and "rewards/margins" in card
     assert not rd.path("train", "s1", "checkpoints").exists()  # keep_checkpoints: false
+    assert done["global_step"] == 4 and done["train_seconds"] > 0  # the report's cost table reads these
 
     # A finished setting is not retrained: same inputs -> nothing rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in (mdir / "model.safetensors", rd.path("train", "s1", "done.json"))}

@@ -23,6 +23,13 @@ prompt and are not independent, so counting pairs rather than examples keeps the
 ``pair_accuracy`` is the fraction of pairs whose chosen side gets the higher out-of-fold
 probability (a ranking view that DPO's pairwise loss mirrors).
 
+The reported hidden-state separability is the accuracy at one layer fixed before any result is
+seen: ``probe.layer`` (default: the last layer) with the first ``probe.pooling``. Taking the best
+of many layers' cross-validated accuracies would pick up noise as well as signal (the maximum of
+several noisy estimates is biased upward, most at small n), and nested CV would cost a full inner
+cross-validation per layer and outer fold; a fixed layer is unbiased and cheap. Every probed layer's
+accuracy stays in ``rows`` (and probe/layers.png) as a curve to look at, not as the figure reported.
+
 Outputs: probe/results.json, probe/layers.png, and a feature cache under probe/cache/ so each
 unique (prompt, response) is encoded once across settings and a killed run resumes.
 """
@@ -38,13 +45,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..config import ModelSpec, StudyConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..rundir import RunDir, atomic_open, hash_obj, read_jsonl, stable_id, write_json
 from ..backends.scoring.keywords import GCG_REFUSAL_PREFIXES
 from ..figures import save_png
 from ..stats import wilson_bounds
 
-VERSION = 2
+VERSION = 3  # results.json: settings[<s>]["hidden"] is the fixed-layer figure (no max over layers)
+FEATURES_VERSION = 2  # what the cached features depend on; unchanged, so caches carry over
 Z95 = 1.959963984540054
 
 # The keyword judge's refusal strings (Zou et al. 2023), lower-cased, plus a few modern refusals.
@@ -202,9 +210,20 @@ def format_conversation(tok, spec: ModelSpec | None, prompt: str, response: str)
     return full, prefix, False
 
 
-def probe_layers(n_layers: int, stride: int) -> list[int]:
-    """Hidden-state indices 0 (embeddings) .. n_layers (last block), every `stride`, last always in."""
-    return sorted(set(range(0, n_layers + 1, stride)) | {n_layers})
+def probe_layers(n_layers: int, stride: int, reported: int | None = None) -> list[int]:
+    """Hidden-state indices 0 (embeddings) .. n_layers (last block), every `stride`, last always in,
+    plus the reported layer."""
+    return sorted(set(range(0, n_layers + 1, stride)) | {n_layers} | ({reported} if reported is not None else set()))
+
+
+def reported_layer(requested: int | None, n_layers: int) -> int:
+    """The hidden-state index whose accuracy is reported: `probe.layer`, or the last layer."""
+    if requested is None:
+        return n_layers
+    if requested > n_layers:
+        raise ConfigError(f"probe.layer: {requested}, but the target has hidden states 0..{n_layers} "
+                          f"(0 = embeddings, {n_layers} = last layer); use one of those or null for the last")
+    return requested
 
 
 def num_layers(model) -> int:
@@ -289,7 +308,8 @@ def _rkey(response: str) -> str:
 
 
 # --------------------------------------------------------------------------- stage
-def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]], device: str) -> tuple[FeatureCache, list[int]]:
+def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]],
+                  device: str) -> tuple[FeatureCache, list[int], int]:
     from .. import models
 
     from .sft import policy_ref, policy_spec
@@ -298,10 +318,12 @@ def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]
     tok = models.load_tokenizer(spec)
     model = models.load_causal_lm(spec, device)
     try:
-        layers = probe_layers(num_layers(model), cfg.probe.layer_stride)
+        n_layers = num_layers(model)
+        layer = reported_layer(cfg.probe.layer, n_layers)
+        layers = probe_layers(n_layers, cfg.probe.layer_stride, layer)
         cache = FeatureCache(rd.path("probe", "cache"), {
             "kind": "hidden", "model": spec.model_dump(mode="json"), "sft": policy_ref(cfg, cfg.target), "layers": layers, "pooling": cfg.probe.pooling,
-            "max_length": cfg.probe.max_length, "version": VERSION, "device": device})
+            "max_length": cfg.probe.max_length, "version": FEATURES_VERSION, "device": device})
         todo = cache.missing(list(items))
         chunk = max(cfg.probe.batch_size * 16, 64)
         for s in range(0, len(todo), chunk):
@@ -311,7 +333,7 @@ def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]
     finally:
         del model
         models.free()
-    return cache, layers
+    return cache, layers, layer
 
 
 def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device: str) -> FeatureCache:
@@ -321,7 +343,7 @@ def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device
 
     ref = models.resolve_path(cfg.probe.embedding_model)
     cache = FeatureCache(rd.path("probe", "cache"), {"kind": "embedding", "model": cfg.probe.embedding_model,
-                                                     "version": VERSION})
+                                                     "version": FEATURES_VERSION})
     todo = cache.missing(list(texts))
     if todo:
         st = SentenceTransformer(ref, device=device, model_kwargs={"use_safetensors": True})
@@ -337,7 +359,10 @@ def _embedding_cache(cfg: StudyConfig, rd: RunDir, texts: dict[str, str], device
     return cache
 
 
-def plot_layers(rows: list[dict], path: Path) -> None:
+def plot_layers(rows: list[dict], path: Path, reported: int | None = None, reported_pooling: str | None = None,
+                labels: dict[str, str] | None = None) -> None:
+    """Accuracy per layer, one panel per pooling; the reported (fixed) layer is marked in the
+    reported pooling's panel; settings named by `labels` (a dagger for stand-ins)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,17 +371,24 @@ def plot_layers(rows: list[dict], path: Path) -> None:
 
     hidden = [r for r in rows if r["family"] == "hidden"]
     poolings = sorted({r["pooling"] for r in hidden}) or ["last"]
-    fig, axes = plt.subplots(1, len(poolings), figsize=(5.5 * len(poolings), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(poolings), figsize=(5.5 * len(poolings), 4.6), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, pool in zip(axes[0], poolings):
         for setting in dict.fromkeys(r["setting"] for r in hidden):
             pts = sorted((r["layer"], r["accuracy"]) for r in hidden if r["setting"] == setting and r["pooling"] == pool)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=setting)
+            name = (labels or {}).get(setting, setting)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.axhline(0.5, color="grey", ls=":", lw=1)
+        if reported is not None and pool == reported_pooling:
+            ax.axvline(reported, color="black", ls="--", lw=1)
+            ax.annotate("reported layer", (reported, 0.32), xytext=(-4, 0), textcoords="offset points",
+                        ha="right", fontsize=8)
         ax.set(title=f"hidden states, {pool} pooling", xlabel="layer (0 = embeddings)", ylim=(0.3, 1.02))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("chosen-vs-rejected probe accuracy (grouped CV)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    # Below the panels, never over the curves.
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, max(len(labels), 1)), fontsize=8)
     save_png(fig, path)
 
 
@@ -375,15 +407,16 @@ def _load_settings(cfg: StudyConfig, rd: RunDir) -> tuple[dict[str, dict], dict[
 
 
 def _feature_caches(cfg: StudyConfig, rd: RunDir, data: dict[str, dict], device: str):
-    """(hidden-state cache or None, probed layers, embedding cache or None); one model in memory at a time."""
-    hcache = ecache = None
+    """(hidden-state cache or None, probed layers, reported layer or None, embedding cache or None);
+    one model in memory at a time."""
+    hcache = ecache = layer = None
     layers: list[int] = []
     if "hidden" in cfg.probe.features and data:
         items = {_hkey(p, r): (p, r) for d in data.values() for p, r in zip(d["prompts"], d["responses"])}
-        hcache, layers = _hidden_cache(cfg, rd, items, device)  # frees the target before the next model
+        hcache, layers, layer = _hidden_cache(cfg, rd, items, device)  # frees the target before the next model
     if "embedding" in cfg.probe.features and data:
         ecache = _embedding_cache(cfg, rd, {_rkey(r): r for d in data.values() for r in d["responses"]}, device)
-    return hcache, layers, ecache
+    return hcache, layers, layer, ecache
 
 
 def _probe_setting(pc, name: str, d: dict, hcache, layers: list[int], ecache) -> tuple[list[dict], str | None]:
@@ -412,26 +445,28 @@ def _probe_setting(pc, name: str, d: dict, hcache, layers: list[int], ecache) ->
     return rows, warning
 
 
-def _setting_result(rows: list[dict], n_pairs: int) -> dict:
-    """One setting's entry in results.json: the best hidden-state layer and each other family."""
-    hid = [r for r in rows if r["family"] == "hidden"]
-    best = min(hid, key=lambda r: (-r["accuracy"], r["layer"], r["pooling"])) if hid else None
+def _setting_result(rows: list[dict], n_pairs: int, layer: int | None, pooling: str) -> dict:
+    """One setting's entry in results.json: the hidden-state accuracy at the fixed reported layer
+    and pooling (not a maximum over layers), and each other family."""
     ci = ("accuracy", "ci_low", "ci_high", "pair_accuracy")
-    out = {
+    fixed = next((r for r in rows if r["family"] == "hidden" and r["layer"] == layer and r["pooling"] == pooling), None)
+    return {
         "n_pairs": n_pairs,
-        "best_layer": ({"layer": best["layer"], "pooling": best["pooling"], **{k: best[k] for k in ci},
-                        "feature": f"hidden L{best['layer']} {best['pooling']}"} if best else None),
+        "hidden": ({"layer": layer, "pooling": pooling, **{k: fixed[k] for k in ci},
+                    "feature": f"hidden L{layer} {pooling}", "selection": "fixed layer (probe.layer)"}
+                   if fixed else None),
         **{f: next(({k: r[k] for k in ci} for r in rows if r["family"] == f), None)
            for f in ("embedding", "surface", "length")},
     }
-    out["best"] = out["best_layer"]  # alias read by synthpref.report
-    return out
 
 
-def _method(pc, layers: list[int]) -> dict:
+def _method(pc, layers: list[int], layer: int | None) -> dict:
     return {"classifier": "StandardScaler + LogisticRegression(C=1) (surface: TF-IDF 1-2 grams + counts)",
             "cv": f"GroupKFold by prompt_id, {pc.folds} folds (fewer when there are fewer pairs)",
             "ci": "Wilson 95% score interval, n = pairs", "layers": layers, "pooling": pc.pooling,
+            "reported": ({"layer": layer, "pooling": pc.pooling[0],
+                          "rule": "fixed in advance: probe.layer (null = last layer) and the first probe.pooling; "
+                                  "not a maximum over layers"} if layer is not None else None),
             "embedding_model": pc.embedding_model if "embedding" in pc.features else None,
             "max_pairs": pc.max_pairs, "max_length": pc.max_length,
             "config_hash": hash_obj(pc.model_dump(mode="json"))[:16]}
@@ -440,15 +475,16 @@ def _method(pc, layers: list[int]) -> dict:
 def _summary(per_setting: dict[str, dict], warnings: list[str]) -> dict:
     summary: dict = {}
     for name, s in per_setting.items():
-        summary[name] = {"n_pairs": s["n_pairs"], **{f: (s[f] or {}).get("accuracy") for f in ("surface", "embedding")},
-                         "best_hidden": s["best_layer"]["accuracy"] if s["best_layer"] else None}
+        summary[name] = {"n_pairs": s["n_pairs"],
+                         **{f: (s[f] or {}).get("accuracy") for f in ("hidden", "surface", "embedding")}}
     if warnings:
         summary["warnings"] = len(warnings)
     return summary
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
-    """Stage: probe/results.json (accuracy + 95% CI per setting and feature family) and probe/layers.png."""
+    """Stage: probe/results.json (accuracy + 95% CI per setting and feature family; hidden states at the
+    fixed reported layer, every probed layer in `rows`) and probe/layers.png (the per-layer curve)."""
     from rich.console import Console
 
     from ..models import pick_device, set_threads
@@ -459,7 +495,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     set_threads()
     out = rd.stage("probe")
     data, skipped = _load_settings(cfg, rd)
-    hcache, layers, ecache = _feature_caches(cfg, rd, data, pick_device(cfg.device))
+    hcache, layers, layer, ecache = _feature_caches(cfg, rd, data, pick_device(cfg.device))
     rows, warnings, per_setting = [], [], {}
     for name, d in data.items():
         setting_rows, warning = _probe_setting(cfg.probe, name, d, hcache, layers, ecache)
@@ -467,9 +503,12 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
             warnings.append(warning)
             console.print(f"[yellow]warning:[/yellow] {warning}")
         rows += setting_rows
-        per_setting[name] = _setting_result(setting_rows, int(len(d["y"]) // 2))
-    write_json(out / "results.json", {"version": VERSION, "target": cfg.target, "method": _method(cfg.probe, layers),
+        per_setting[name] = _setting_result(setting_rows, int(len(d["y"]) // 2), layer, cfg.probe.pooling[0])
+    write_json(out / "results.json", {"version": VERSION, "target": cfg.target,
+                                      "method": _method(cfg.probe, layers, layer),
                                       "settings": per_setting, "skipped": skipped, "rows": rows, "warnings": warnings})
     if any(r["family"] == "hidden" for r in rows):
-        plot_layers(rows, out / "layers.png")
+        from ..standins import setting_label
+
+        plot_layers(rows, out / "layers.png", layer, cfg.probe.pooling[0], {s: setting_label(cfg, s) for s in data})
     return _summary(per_setting, warnings)

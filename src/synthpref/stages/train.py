@@ -464,7 +464,11 @@ def _fit_and_save(trainer, out: Path, resume: str | None, card) -> dict:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     acc.wait_for_everyone()
-    return {"train_loss": float(result.training_loss), "global_step": int(result.global_step)}
+    # train_seconds: the Trainer's own runtime of this (possibly resumed) fit, model loading excluded;
+    # the report's cost table reads it from done.json.
+    runtime = (result.metrics or {}).get("train_runtime")
+    return {"train_loss": float(result.training_loss), "global_step": int(result.global_step),
+            "train_seconds": round(float(runtime), 2) if runtime is not None else None}
 
 
 def _finish(cfg: StudyConfig, out: Path, done: dict) -> None:
