@@ -69,6 +69,26 @@ def test_lora_config_from_spec(tmp_path):
 
 
 # --------------------------------------------------------------------------- inputs hash
+def test_lora_top_layers_adapts_only_the_upper_layers(tmp_path, tiny_model_dir):
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    n = model.config.num_hidden_layers
+    assert n >= 2
+    lc = train.lora_config(study(tmp_path, use_lora=True, lora={"r": 4, "alpha": 8, "top_layers": 1}), model)
+    peft_model = get_peft_model(model, lc)
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, _ in peft_model.named_parameters() if "lora_A" in name}
+    assert adapted == {n - 1}
+    # autograd stops at the lowest adapted layer: nothing below it is part of the graph
+    peft_model.train()
+    hidden = peft_model(input_ids=torch.tensor([[1, 2, 3, 4]]), output_hidden_states=True).hidden_states
+    assert [h.requires_grad for h in hidden] == [False] * n + [True]
+    with pytest.raises(ConfigError, match="top_layers"):
+        train.lora_config(study(tmp_path, use_lora=True, lora={"top_layers": n + 1}), model)
+
+
 def test_inputs_hash_tracks_what_changes_the_result(tmp_path):
     cfg = study(tmp_path)
     rd = RunDir(cfg.run_path).create()

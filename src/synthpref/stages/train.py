@@ -306,21 +306,30 @@ def sft_config(cfg: StudyConfig, device: str, output_dir: Path):
     return SFTConfig(**kwargs)
 
 
-def lora_config(cfg: StudyConfig, n_layers: int | None = None):
-    """peft LoraConfig; with `lora.top_layers` only the last N of the model's `n_layers` decoder
-    layers get adapters, so autograd never runs below the lowest of them."""
+def lora_config(cfg: StudyConfig, model=None):
+    """peft LoraConfig; with `lora.top_layers` only the last N decoder layers of `model` get
+    adapters, so autograd never runs below the lowest of them. peft takes a layer list only with
+    explicit module names, so "all-linear" becomes the names of the model's linear layers (its
+    output head excepted, as peft's "all-linear" does)."""
     from peft import LoraConfig
 
     lc = cfg.train.lora
-    layers = {}
+    targets, layers = lc.target_modules, {}
     if lc.top_layers is not None:
-        if n_layers is None:
-            raise ConfigError("train.lora.top_layers: the model's layer count is unknown; remove top_layers")
+        if model is None:
+            raise ConfigError("train.lora.top_layers: needs the model to count its layers; remove top_layers")
+        n_layers = model.config.get_text_config().num_hidden_layers
         if lc.top_layers > n_layers:
             raise ConfigError(f"train.lora.top_layers: {lc.top_layers} > the model's {n_layers} layers; "
                               f"use at most {n_layers}")
+        if targets == "all-linear":
+            import torch
+
+            head = model.get_output_embeddings()
+            targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                              if isinstance(mod, torch.nn.Linear) and mod is not head and ".layers." in f".{name}"})
         layers = {"layers_to_transform": list(range(n_layers - lc.top_layers, n_layers)), "layers_pattern": "layers"}
-    return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+    return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                       task_type="CAUSAL_LM", **layers)
 
 
@@ -634,7 +643,7 @@ def train_setting(cfg: StudyConfig, rd: RunDir, setting: str, *, _callbacks: lis
     log = MetricsLog(out / "metrics.jsonl", resume_step, _is_main())
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tok,
-                         peft_config=lora_config(cfg, model.config.get_text_config().num_hidden_layers) if cfg.train.use_lora else None,
+                         peft_config=lora_config(cfg, model) if cfg.train.use_lora else None,
                          callbacks=[log, *(_callbacks or [])])
     pairs_sha = sha256_file(pairs_path(rd, setting))
     data = {"data setting": setting, "pairs file": f"pairs/{setting}.jsonl", "pairs sha256": pairs_sha,
