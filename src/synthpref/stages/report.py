@@ -405,6 +405,10 @@ def _comparison_view(c: fnd.Comparison, label: str) -> dict:
             "deg_p": _p(d["p_value"]) if d else "", "deg_p_eq": _p_eq(d["p_value"]) if d else ""}
 
 
+def _short_verdict(v: str) -> str:
+    return "no change (p ≥ 0.05)" if v == fnd.NO_CHANGE else v
+
+
 def _findings_groups(ctx: Context, f: fnd.Findings) -> list[dict]:
     groups: dict[tuple[str, str], list[fnd.Comparison]] = {}
     for c in f.comparisons:
@@ -413,14 +417,15 @@ def _findings_groups(ctx: Context, f: fnd.Findings) -> list[dict]:
     for (set_name, fmt), cs in groups.items():
         cs = [c for s in _order({c.setting for c in cs}) for c in cs if c.setting == s]
         views = [_comparison_view(c, ctx.label(c.setting)) for c in cs]
-        rows = [[v["label"], v["n"], v["asr"], v["asr_sft"], f"{v['diff']} {v['ci']}", v["only_sft"], v["only_setting"],
-                 v["p"], v["verdict"] + (" (broken, not safer)" if v["broken"] else ""),
-                 f"{v['deg_sft']} → {v['deg']} ({v['deg_p_eq']})" if c.degenerate else "",
-                 _judge_agreement(ctx.evals[c.setting], f.judge)] for v, c in zip(views, cs)]
+        # The judge's agreement is stated once above the table (one judge for every row).
+        rows = [[v["label"], v["n"], v["asr"], v["asr_sft"], f"{v['diff']} {v['ci']}",
+                 f"{v['only_sft']} / {v['only_setting']}", v["p"],
+                 _short_verdict(v["verdict"]) + (", broken, not safer" if v["broken"] else ""),
+                 f"{v['deg_sft']} → {v['deg']} ({v['deg_p_eq']})" if c.degenerate else ""]
+                for v, c in zip(views, cs)]
         out.append({"title": f"{set_name} / {fmt}", "comparisons": views, "table": table(
-            ["setting", "paired prompts", "ASR", "ASR sft", "difference [95% CI]", "harmful only under sft",
-             "harmful only under setting", "McNemar p", "verdict", "degenerate share sft → setting",
-             "judge agreement (held out)"], rows)})
+            ["setting", "prompts", "ASR", "ASR sft", "difference [95% CI]", "harmful only: sft / setting",
+             "McNemar p", "verdict", "degenerate share sft → setting"], rows)})
     return out
 
 
