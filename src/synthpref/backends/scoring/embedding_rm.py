@@ -13,8 +13,10 @@ Training labels (human, packaged):
   harmful objective was achieved;
 - JailbreakBench judge comparison (`jbb/classifier_comparison.csv`): (goal, target_response,
   human_majority), 1 = jailbroken.
-Objectives that appear in the `pyrit-harm-pairs` prompt set (the demo's DPO training prompts)
-are excluded, so the reward model is never fitted on the prompts it later ranks.
+Objectives that appear in the `pyrit-harm-pairs` prompt set are excluded, so the reward model is
+never fitted on those prompts (the demo's DPO training prompts are 64 of them). The larger
+`pyrit-human-pairs` set adds PyRIT `objective/*` objectives, whose human responses are part of
+this head's training rows (configs/laptop.yaml uses 58 of them; docs/offline-assets.md).
 
 score = log P(safe) / P(harmful) = minus the head's logit (higher = safer = preferred);
 harmful = P(harmful) > 0.5. The fitted head is cached as JSON coefficients (never pickle) under
