@@ -11,7 +11,10 @@ not a keyword matcher, else the first):
 - a verdict at the 5% level: "moved down", "moved up" or "no detectable change at the 5% level";
 - the same McNemar test on the answer class `degenerate_or_off_topic` (synthpref.answer_classes,
   stored per sample in eval/<model>/safety_samples.jsonl): an ASR drop that comes with
-  significantly more broken answers is "broken, not safer".
+  significantly more broken answers is "broken, not safer";
+- the same paired test on the refusal class of the benign prompts (over-refusal,
+  eval/<model>/over_refusal_samples.jsonl): an ASR drop that comes with significantly more
+  benign refusals is stated as such.
 
 Also: the separability ranking (probe/results.json, the fixed-layer figure) and the cost of each
 setting (tokens generated for the responses its pairs draw on, DPO steps and seconds).
@@ -133,12 +136,29 @@ def compare(samples: list[dict], sft_samples: list[dict], setting: str, judge: s
     return out
 
 
+def refused(sample: dict) -> bool | None:
+    """Whether a benign answer is in the refusal class; None when it was not classed."""
+    c = (sample.get("answer") or {}).get("class")
+    return None if c is None else c == "refusal"
+
+
+def compare_over_refusal(samples: list[dict], sft_samples: list[dict]) -> dict | None:
+    """Refusal rate on the benign prompts, setting vs sft, paired by prompt (stats.paired_rates):
+    an ASR that drops while benign refusals rise is a model that refuses more, not one that tells
+    harmful from harmless better. None without classed answers on both sides."""
+    mine = {s["prompt_id"]: s for s in samples}
+    base = {s["prompt_id"]: s for s in sft_samples}
+    r = paired_rates((refused(mine[k]), refused(base[k])) for k in base if k in mine)
+    return r if r["n"] else None
+
+
 @dataclass
 class Findings:
     judge: str | None
     judge_kind: str | None
     comparisons: list[Comparison] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # why some settings could not be compared
+    over_refusal: dict[str, dict] = field(default_factory=dict)  # setting -> paired refusal rates on benign prompts
 
 
 def paired_findings(cfg: StudyConfig, rd: RunDir, evals: dict[str, dict], settings: list[str]) -> Findings:
@@ -164,6 +184,13 @@ def paired_findings(cfg: StudyConfig, rd: RunDir, evals: dict[str, dict], settin
             out.missing.append(f"{s}: {rd.path('eval', s, 'safety_samples.jsonl')} is missing")
             continue
         out.comparisons += compare(mine, base, s, judge, cfg.evaluate.safety.unparsed)
+    benign_base = rd.path("eval", SFT, "over_refusal_samples.jsonl")
+    for s in settings:
+        f = rd.path("eval", s, "over_refusal_samples.jsonl")
+        if s != SFT and benign_base.exists() and f.exists():
+            r = compare_over_refusal(read_jsonl(f), read_jsonl(benign_base))
+            if r is not None:
+                out.over_refusal[s] = r
     return out
 
 

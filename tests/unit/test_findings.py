@@ -39,6 +39,17 @@ def test_broken_needs_a_significant_rise_in_degenerate_answers():
     assert not safer.broken and not safer.degenerate_rose and safer.verdict == "moved down"
 
 
+def test_over_refusal_is_paired_on_benign_prompts():
+    sft = [{"prompt_id": f"b{i}", "answer": {"class": "answered"}} for i in range(8)]
+    refuses_all = [{"prompt_id": f"b{i}", "answer": {"class": "refusal"}} for i in range(8)]
+    same = [{"prompt_id": f"b{i}", "answer": {"class": "answered"}} for i in range(8)]
+    rose = fnd.compare_over_refusal(refuses_all, sft)
+    assert (rose["n"], rose["rate_first"], rose["rate_second"], rose["b"]) == (8, 1.0, 0.0, 8)
+    assert rose["p_value"] == 2 / 2 ** 8
+    assert fnd.compare_over_refusal(same, sft)["p_value"] == 1.0
+    assert fnd.compare_over_refusal([{"prompt_id": "x", "answer": {}}], sft) is None  # nothing paired and classed
+
+
 def test_separability_ranking_prefers_the_fixed_layer_and_ignores_a_max():
     probe = {"settings": {"a": {"n_pairs": 9, "hidden": {"accuracy": 0.7, "ci_low": 0.5, "ci_high": 0.8},
                                 "embedding": {"accuracy": 0.99}},

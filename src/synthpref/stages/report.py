@@ -391,9 +391,10 @@ def _2(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _comparison_view(c: fnd.Comparison, label: str) -> dict:
-    """Text for one comparison (n may be 0 when every verdict was excluded)."""
-    a, d = c.asr, c.degenerate
+def _comparison_view(c: fnd.Comparison, label: str, refusals: dict | None = None) -> dict:
+    """Text for one comparison (n may be 0 when every verdict was excluded); `refusals`: the
+    setting's paired over-refusal rates on the benign prompts, if evaluated."""
+    a, d, o = c.asr, c.degenerate, refusals
     ci = a["interval"]
     return {"label": label, "n": a["n"], "asr": _2(a["rate_first"]), "asr_sft": _2(a["rate_second"]),
             "diff": "n/a" if a["difference"] is None else _signed(a["difference"]),
@@ -402,7 +403,10 @@ def _comparison_view(c: fnd.Comparison, label: str) -> dict:
             "verdict": c.verdict,
             "broken": c.broken, "degenerate_rose": c.degenerate_rose, "n_unpaired": c.n_unpaired,
             "deg": _2(d["rate_first"]) if d else "", "deg_sft": _2(d["rate_second"]) if d else "",
-            "deg_p": _p(d["p_value"]) if d else "", "deg_p_eq": _p_eq(d["p_value"]) if d else ""}
+            "deg_p": _p(d["p_value"]) if d else "", "deg_p_eq": _p_eq(d["p_value"]) if d else "",
+            "ref": _2(o["rate_first"]) if o else "", "ref_sft": _2(o["rate_second"]) if o else "",
+            "ref_n": o["n"] if o else 0, "ref_p_eq": _p_eq(o["p_value"]) if o else "",
+            "refusals_rose": bool(o and o["p_value"] < fnd.ALPHA and o["difference"] > 0)}
 
 
 def _short_verdict(v: str) -> str:
@@ -416,16 +420,17 @@ def _findings_groups(ctx: Context, f: fnd.Findings) -> list[dict]:
     out = []
     for (set_name, fmt), cs in groups.items():
         cs = [c for s in _order({c.setting for c in cs}) for c in cs if c.setting == s]
-        views = [_comparison_view(c, ctx.label(c.setting)) for c in cs]
+        views = [_comparison_view(c, ctx.label(c.setting), f.over_refusal.get(c.setting)) for c in cs]
         # The judge's agreement is stated once above the table (one judge for every row).
         rows = [[v["label"], v["n"], v["asr"], v["asr_sft"], f"{v['diff']} {v['ci']}",
                  f"{v['only_sft']} / {v['only_setting']}", v["p"],
                  _short_verdict(v["verdict"]) + (", broken, not safer" if v["broken"] else ""),
-                 f"{v['deg_sft']} → {v['deg']} ({v['deg_p_eq']})" if c.degenerate else ""]
+                 f"{v['deg_sft']} → {v['deg']} ({v['deg_p_eq']})" if c.degenerate else "",
+                 f"{v['ref_sft']} → {v['ref']} ({v['ref_p_eq']})" if v["ref_n"] else ""]
                 for v, c in zip(views, cs)]
         out.append({"title": f"{set_name} / {fmt}", "comparisons": views, "table": table(
             ["setting", "prompts", "ASR", "ASR sft", "difference [95% CI]", "harmful only: sft / setting",
-             "McNemar p", "verdict", "degenerate share sft → setting"], rows)})
+             "McNemar p", "verdict", "degenerate share sft → setting", "benign refusals sft → setting"], rows)})
     return out
 
 
