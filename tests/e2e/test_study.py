@@ -118,8 +118,9 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_config_end_to_end_on_packaged_models(tmp_path):
-    """configs/demo.yaml itself, shrunk: real SmolLM2 / Qwen / Gemma, real offline RM and lm-eval data."""
+def test_laptop_config_end_to_end_on_packaged_models(tmp_path):
+    """configs/laptop.yaml itself (configs/demo.yaml is a slice of it), shrunk: real SmolLM2 / Qwen /
+    Gemma, real offline RM and lm-eval data."""
     overrides = [
         f"run_dir={tmp_path / 'demo'}", "prompts.train.limit=6", "prompts.eval.advbench.limit=4",
         "prompts.benign.limit=2", "generate.sampling.num_samples=2", "generate.sampling.max_new_tokens=16",
@@ -127,7 +128,7 @@ def test_demo_config_end_to_end_on_packaged_models(tmp_path):
         "evaluate.safety.max_new_tokens=16", "evaluate.general.limit=2",
         "evaluate.general.tasks={arc_challenge: 0}", "pairs.settings=[original, stronger_self, self_rm]",
     ]
-    assert main(["run", str(ROOT / "configs" / "demo.yaml"), *overrides]) == 0
+    assert main(["run", str(ROOT / "configs" / "laptop.yaml"), *overrides]) == 0
     run = tmp_path / "demo"
     res = json.loads((run / "eval" / "self_rm" / "results.json").read_text())
     judges = {e["judge"] for e in res["safety"]}

@@ -96,12 +96,12 @@ def test_stand_in_field_leaves_existing_hashes_alone():
     assert ModelSpec(path="x", stand_in_for="GPT-4o").model_dump(mode="json")["stand_in_for"] == "GPT-4o"
 
 
-def test_demo_roles_mean_what_their_names_say():
+def test_laptop_roles_mean_what_their_names_say():
     from pathlib import Path
 
     from synthpref.config import load_config
 
-    cfg = load_config(Path(__file__).parents[2] / "configs" / "demo.yaml", [])
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "laptop.yaml", [])
     assert len(cfg.roles.peers) >= 2
     spec = lambda m: cfg.models[m]  # noqa: E731
     # the GPT-4o stand-in shares weights or prompting with another role, never both
@@ -111,6 +111,25 @@ def test_demo_roles_mean_what_their_names_say():
         assert spec(g).stand_in_for
     assert cfg.models[cfg.roles.stronger[0]].path == "qwen2.5-coder-1.5b-instruct"
     assert cfg.score.reward not in cfg.evaluate.safety.judges
+    assert len(cfg.pairs.settings) == 7 and cfg.prompts.train.limit >= 128
+
+
+def test_demo_is_a_slice_of_the_laptop_study():
+    """configs/demo.yaml: the same target, judges, reward scorer, prompts source and training recipe
+    as configs/laptop.yaml, fewer settings and prompts; the paper's 100 AdvBench prompts in both."""
+    from pathlib import Path
+
+    from synthpref.config import load_config
+
+    root = Path(__file__).parents[2] / "configs"
+    demo, laptop = load_config(root / "demo.yaml", []), load_config(root / "laptop.yaml", [])
+    assert set(demo.pairs.settings) < set(laptop.pairs.settings)
+    assert demo.models[demo.target] == laptop.models[laptop.target]
+    assert (demo.score, demo.evaluate.safety.judges) == (laptop.score, laptop.evaluate.safety.judges)
+    assert demo.prompts.train.source == laptop.prompts.train.source
+    assert demo.prompts.eval["advbench"].limit == laptop.prompts.eval["advbench"].limit == 100
+    same = ("use_lora", "lora", "learning_rate", "per_device_train_batch_size", "max_length", "beta")
+    assert all(getattr(demo.train, k) == getattr(laptop.train, k) for k in same)
 
 
 # --------------------------------------------------------------------------- honest judge
