@@ -232,5 +232,7 @@ def test_report_marks_stand_ins_and_prints_agreement_and_classes(tmp_path):
     md = "\n".join(b for _, b in sections)
     assert f"| gpt4o_self{MARK} |" in md and "| self_rm |" in md and "stands in for GPT-4o" in md
     assert "0.86 (jbb-judge, n=100)" in md
-    assert "What the answers are" in [n for n, _ in sections][1]
-    assert "pairwise accuracy 0.743 on 74 human preference pairs" in md
+    names = [n for n, _ in sections]
+    assert names[0] == "Findings"  # findings first
+    assert "What the answers are" in names[names.index("Jailbreak attack success rate") + 1]  # classes beside ASR
+    assert "pairwise accuracy 0.743 on 74 held-out human preference pairs" in md
