@@ -34,7 +34,7 @@ Batching and seeds:
   records were being written draws the rest of that bucket as a smaller one: deterministic given
   what the file holds, but not the uninterrupted run's texts for those records.
   Earlier versions drew one prompt per call (`sample_bucket: 1` still does that, so a text then
-  depends on its own prompt only); a bucket of 8 prompts is ~1.5-2x faster on CPU (see
+  depends on its own prompt only); a bucket of 8 prompts made SmolLM2 sampling 2.3x faster on CPU (see
   docs/benchmarks.md). `batch_size` does not apply to sampled requests.
 
 Controls per kind (greedy / sampled) are chosen in one place, `decoding_controls`.
