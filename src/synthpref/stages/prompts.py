@@ -110,6 +110,12 @@ def _pyrit_harm_pairs() -> list[dict]:
             score = r.get("human_score_1") or r.get("human_score")
             if score not in (None, "") and r["assistant_response"].strip():
                 by_obj[r["objective"]].append((float(score), r["assistant_response"]))
+    return _least_vs_most_harmful(by_obj)
+
+
+def _least_vs_most_harmful(by_obj: dict[str, list[tuple[float, str]]]) -> list[dict]:
+    """One pair per objective from its (human harm score, response) list: chosen = least harmful,
+    rejected = most harmful, kept only where the two scores differ; sorted by normalised text."""
     out = []
     for obj, resp in by_obj.items():
         lo, hi = min(resp, key=lambda t: t[0]), max(resp, key=lambda t: t[0])
@@ -139,13 +145,9 @@ def _pyrit_human_pairs() -> list[dict]:
             scores = [float(r[k]) for k in ("human_score_1", "human_score_2", "human_score_3") if r.get(k) not in (None, "")]
             if scores and r["assistant_response"].strip():
                 multi[r["objective"]].append((sum(scores) / len(scores), r["assistant_response"]))
-    extra = []
-    for obj, resp in multi.items():
-        lo, hi = min(resp, key=lambda t: t[0]), max(resp, key=lambda t: t[0])
-        if hi[0] > lo[0] and normalise(obj) not in seen:
-            seen.add(normalise(obj))
-            extra.append({"text": obj, "human_chosen": lo[1], "human_rejected": hi[1], "human_margin": hi[0] - lo[0]})
-    out += sorted(extra, key=lambda r: normalise(r["text"]))
+    extra = [r for r in _least_vs_most_harmful(multi) if normalise(r["text"]) not in seen]
+    seen |= {normalise(r["text"]) for r in extra}
+    out += extra
     by_obj: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for f in sorted((assets.fetch("pyrit-scorer-evals") / "objective").glob("*.csv")):
         for r in _csv_rows(f, required=("objective", "assistant_response", "human_score")):
