@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -145,14 +146,33 @@ def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted(study):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     rng = random.Random(13)
     kills = 0
-    for _ in range(4):
+    # Each try is killed a random moment after a given stage starts (read from the CLI's stage
+    # headings), not after a fixed sleep: on an idle machine this study finishes in seconds, and a
+    # sleep could outlast it, killing nothing. The last try runs to the end.
+    for stage in ("generate", "score", "train", "evaluate", None):
         p = subprocess.Popen([sys.executable, "-m", "synthpref.cli", "run", str(cfg)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(4.0, 20.0))
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            kills += 1
-        p.wait()
-    assert kills >= 1
-    assert main(["run", str(cfg)]) == 0
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        started = threading.Event()
+        heading = re.compile(rf"\[\d+/\d+\] {stage}\b") if stage else None
+
+        def watch(stream=p.stderr, heading=heading, started=started):
+            for line in stream:  # drains stderr so the run never blocks on a full pipe
+                if heading is not None and heading.search(line):
+                    started.set()
+
+        reader = threading.Thread(target=watch, daemon=True)
+        reader.start()
+        if stage is not None:
+            while not started.wait(0.05) and p.poll() is None:
+                pass
+            time.sleep(rng.uniform(0.0, 0.4))
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                kills += 1
+        assert p.wait(timeout=600) in (0, -signal.SIGKILL)
+        reader.join(timeout=10)
+    assert kills >= 2
+    assert _snapshot(run) == want  # the last try resumed and finished
+    assert main(["run", str(cfg)]) == 0  # and a further run changes nothing
     assert _snapshot(run) == want
