@@ -1,5 +1,6 @@
 """Generation throughput: ct2 (int8, float32) vs the batched hf backend vs the authors' batch-1 loop
-(vs llama.cpp single-stream when llama-cpp-python is importable), per model, for two workloads.
+(vs llama.cpp single-stream when llama-cpp-python is importable, vs the vllm backend when vllm is
+importable: on CPU, vLLM's CPU build in .venv-vllm), per model, for two workloads.
 
 Workloads, on the first --n-prompts AdvBench behaviours (the model's chat template):
 - greedy:   one greedy answer per prompt (the evaluation's decoding: no repetition controls);
@@ -15,6 +16,7 @@ The slow contenders answer fewer prompts (--slow-prompts for hf batched's sample
 same for both workloads and is measured once, sampled); their tok/s is what is compared.
 
     python benchmarks/bench_generate.py
+    .venv-vllm/bin/python benchmarks/bench_generate.py --models smollm2-135m-instruct --contenders ct2 hf vllm
 """
 
 from __future__ import annotations
@@ -64,8 +66,6 @@ def workloads(prompts: list[str], samples: int, seed: int) -> dict[str, list[Gen
 
 
 def bench_model(model: str, args) -> dict[str, dict[str, tuple[int, float]]]:
-    import torch
-
     prompts = [r["text"] for r in PACKAGED["advbench"]()[: args.n_prompts]]
     work = workloads(prompts, args.samples, args.seed)
     wname = f"sample{args.samples}"
@@ -77,14 +77,23 @@ def bench_model(model: str, args) -> dict[str, dict[str, tuple[int, float]]]:
 
     def report(w, name, val):
         rows[w][name] = val
-        print(f"{model} {w:8s} {name:24s} {val[0]:6d} tok {val[1]:8.2f} s {val[0] / val[1]:8.1f} tok/s", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # a shared machine: say how busy
+        print(f"{model} {w:8s} {name:24s} {val[0]:6d} tok {val[1]:8.2f} s {val[0] / val[1]:8.1f} tok/s "
+              f"(load {load:.1f})", flush=True)
 
+    for contender in args.contenders:
+        CONTENDERS[contender](model, args, work, params, report)
+    return rows
+
+
+def run_ct2(model, args, work, params, report):
+    wname = f"sample{args.samples}"
     for q in ("int8", "float32"):
         t0 = time.perf_counter()
         b = get_backend_class("ct2")(ModelSpec(path=model, backend="ct2", options={"quantization": q}))
         print(f"{model} ct2 {q}: ready in {time.perf_counter() - t0:.1f} s (conversion on first use)", flush=True)
         timed(b, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up
-        for w in rows:
+        for w in params:
             report(w, f"ct2 {q}", timed(b, work[w], params[w]))
         b.close()
         if q == "int8":  # sampling one prompt per call (sample_bucket 1, the earlier design) vs the default bucket
@@ -93,30 +102,58 @@ def bench_model(model: str, args) -> dict[str, dict[str, tuple[int, float]]]:
             report(wname, f"ct2 {q} bucket=1", timed(b1, work[wname], params[wname]))
             b1.close()
 
+
+def run_hf(model, args, work, params, report):
+    import torch
+
+    wname = f"sample{args.samples}"
     hf = get_backend_class("hf")(ModelSpec(path=model))
     timed(hf, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up
-    report("greedy", f"hf batched (bs={args.batch_size})", timed(hf, work["greedy"], greedy_p))
+    report("greedy", f"hf batched (bs={args.batch_size})", timed(hf, work["greedy"], params["greedy"]))
     slow = work[wname][: args.slow_prompts * args.samples]
-    report(wname, f"hf batched (bs={args.batch_size})", timed(hf, slow, sample_p))
-    torch.manual_seed(args.seed)
-    ids = [prompt_token_ids(hf.tokenizer, hf.spec, r.messages) for r in work["greedy"][: args.loop_seqs]]
-    loop = batch1_loop(hf.model, hf.tokenizer, ids, sample_p)
-    for w in rows:
-        report(w, "batch-1 loop (authors)", loop)
+    report(wname, f"hf batched (bs={args.batch_size})", timed(hf, slow, params[wname]))
+    if "loop" in args.contenders:
+        torch.manual_seed(args.seed)
+        ids = [prompt_token_ids(hf.tokenizer, hf.spec, r.messages) for r in work["greedy"][: args.loop_seqs]]
+        loop = batch1_loop(hf.model, hf.tokenizer, ids, params[wname])
+        for w in params:
+            report(w, "batch-1 loop (authors)", loop)
     hf.close()
 
+
+def run_vllm(model, args, work, params, report):
+    """The vllm backend (on a CPU machine: vLLM's CPU build, `make install-vllm`), float32, the same
+    requests as the others; engine start-up is printed, not timed."""
+    if importlib.util.find_spec("vllm") is None:
+        print("vllm skipped: vllm is not installed (`make install-vllm` builds .venv-vllm)", flush=True)
+        return
+    t0 = time.perf_counter()
+    spec = ModelSpec(path=model, backend="vllm", dtype="float32", options=json.loads(args.vllm_options))
+    vl = get_backend_class("vllm")(spec, device=args.device)
+    print(f"{model} vllm: engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    timed(vl, work["greedy"][:2], GenParams(max_new_tokens=4, batch_size=2))  # warm-up
+    for w in params:
+        report(w, "vllm (float32)", timed(vl, work[w], params[w]))
+    vl.close()
+
+
+def run_llamacpp(model, args, work, params, report):
     if importlib.util.find_spec("llama_cpp") is None:
         print("llama.cpp skipped: llama-cpp-python is not installed", flush=True)
-    else:
-        try:
-            lc = get_backend_class("llamacpp")(ModelSpec(path=model, backend="llamacpp"))
-            for w in rows:
-                reqs = work[w][: args.loop_seqs] if w == wname else work[w]
-                report(w, "llama.cpp single-stream", timed(lc, reqs, params[w]))
-            lc.close()
-        except Exception as e:  # e.g. a model with no GGUF file
-            print(f"llama.cpp skipped for {model}: {e}", flush=True)
-    return rows
+        return
+    wname = f"sample{args.samples}"
+    try:
+        lc = get_backend_class("llamacpp")(ModelSpec(path=model, backend="llamacpp"))
+        for w in params:
+            reqs = work[w][: args.loop_seqs] if w == wname else work[w]
+            report(w, "llama.cpp single-stream", timed(lc, reqs, params[w]))
+        lc.close()
+    except Exception as e:  # e.g. a model with no GGUF file
+        print(f"llama.cpp skipped for {model}: {e}", flush=True)
+
+
+# "loop" (the authors' batch-1 loop) runs inside run_hf, on its loaded model.
+CONTENDERS = {"ct2": run_ct2, "hf": run_hf, "loop": lambda *a: None, "vllm": run_vllm, "llamacpp": run_llamacpp}
 
 
 def main(argv=None) -> dict:
@@ -129,6 +166,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--slow-prompts", type=int, default=4, help="prompts of hf batched's sampled workload")
     ap.add_argument("--loop-seqs", type=int, default=4, help="sequences of the batch-1 loop (and llama.cpp sampled)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS),
+                    help="which engines run (hf is the reference of the x column)")
+    ap.add_argument("--device", default="cpu", help="device for the vllm contender (cpu: vLLM's CPU build)")
+    ap.add_argument("--vllm-options", default='{"max_model_len": 1024, "gpu_memory_utilization": 0.1, '
+                    '"enforce_eager": true}', help="vllm backend options (JSON); the default suits the CPU build")
     args = ap.parse_args(argv)
 
     import torch
@@ -138,10 +180,11 @@ def main(argv=None) -> dict:
         rows = bench_model(model, args)
         out = {}
         for w, contenders in rows.items():
-            hf = next(v for k, v in contenders.items() if k.startswith("hf batched"))
-            hf_tps = hf[0] / hf[1]
+            hf = next((v for k, v in contenders.items() if k.startswith("hf batched")), None)
+            hf_tps = hf[0] / hf[1] if hf else None
             out[w] = {k: {"tokens": n, "seconds": round(s, 2), "tokens_per_s": round(n / s, 1),
-                          "x_hf_batched": round(n / s / hf_tps, 2)} for k, (n, s) in contenders.items()}
+                          "x_hf_batched": round(n / s / hf_tps, 2) if hf_tps else None}
+                      for k, (n, s) in contenders.items()}
         result["models"][model] = out
     print("\n| model | workload | contender | tokens | seconds | tok/s | x hf batched |\n|---|---|---|---|---|---|---|")
     for model, ws in result["models"].items():

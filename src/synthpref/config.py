@@ -10,6 +10,7 @@ sigmoid DPO with beta 0.1; AdvBench-100, greedy, 512 new tokens for the jailbrea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +90,11 @@ class PromptsConfig(Strict):
     eval: dict[str, PromptSetSpec] = Field(default_factory=dict, description="safety evaluation sets by name")
     benign: PromptSetSpec | None = Field(None, description="benign prompts for the over-refusal rate")
     allow_overlap: bool = Field(False, description="allow training prompts that also appear in an eval set")
+    dedup: bool = Field(
+        False, description="training prompts: false keeps every row, repeated prompts included, each with its own "
+        "human pair (the authors: rows 1..limit of their split, duplicates and all; counted as `duplicates_kept`); "
+        "true keeps the first row of each prompt (synthpref's earlier behaviour). Eval and benign sets are always "
+        "deduplicated")
 
 
 # --------------------------------------------------------------------------- generation
@@ -106,6 +112,17 @@ class SamplingConfig(Strict):
         "authors' greedy pass uses neither")
     max_new_tokens: int = Field(128, ge=1)
     min_chars: int = Field(5, ge=0, description="drop responses shorter than this (paper: 5)")
+    min_chars_scope: Literal["sampled", "all"] = Field(
+        "sampled", description="which responses min_chars drops: sampled (the authors: only the 5 samples; greedy, "
+        "human and other models' single answers are kept however short) or all (synthpref's earlier behaviour)")
+    generation_prompt: Literal["raw", "chat"] = Field(
+        "raw", description="the prompt local models continue at generation: raw (the authors: the prompt text "
+        "alone, tokenised without special tokens, no template) or chat (each model's prompt_format rule, "
+        "synthpref.chat). Training formats pairs with the target's chat template either way")
+    inherit_generation_config: bool = Field(
+        True, description="decoding settings the authors did not pass to generate() come from the model's "
+        "generation_config.json (transformers' rule): the greedy pass's repetition_penalty / no_repeat_ngram_size, "
+        "the samples' top_k when the model sets one. Honoured by backends that read it (hf); false: only ours")
     batch_size: int = Field(8, ge=1)
 
 
@@ -161,6 +178,9 @@ class ScoreConfig(Strict):
         default_factory=lambda: {"rm": ScorerSpec(kind="embedding_rm")},
         description="scorers by name; each scores every (prompt, response)")
     reward: str = Field("rm", description="the scorer whose score picks chosen/rejected")
+    cuda_dtype: Literal["float16", "bfloat16"] = Field(
+        "float16", description="dtype of local reward models on CUDA when their model's dtype is auto (the authors: "
+        "float16); CPU stays float32")
 
 
 # --------------------------------------------------------------------------- pairs
@@ -186,6 +206,13 @@ class PairSpec(Strict):
 
 
 class PairsConfig(Strict):
+    tie_break: Literal["first", "id"] = Field(
+        "first", description="equal rewards: first (the authors' np.argmax/argmin: the first response in pool order "
+        "- source order, greedy before samples, then sample index) or id (the lowest response_id)")
+    identical: Literal["keep", "drop"] = Field(
+        "keep", description="keep (the authors): best and worst are taken over the whole pool, so equal rewards can "
+        "put one response, or two equal texts, on both sides, and the pair is kept; drop: the rejected side is "
+        "taken among the other responses and pairs with equal texts are dropped (synthpref's earlier behaviour)")
     settings: list[str] = Field(
         default_factory=lambda: ["original", "hc_self", "gpt4o_self", "stronger_self", "peer_rm", "all_rm", "self_rm"],
         description="settings to build: preset names or names defined in `custom`")
@@ -251,6 +278,10 @@ class SFTStage(Strict):
     num_train_epochs: float = 1.0
     max_length: int = 1024
     max_steps: int = Field(-1, description="override epochs when > 0 (short smoke runs)")
+    exclude_dpo_prompts: bool = Field(
+        True, description="leave rows whose prompt (normalised text) is a DPO training prompt out of the SFT data, "
+        "so the SFT model has not seen the human-chosen answers of the prompts DPO trains on (the authors' SFT data "
+        "is not public; docs/reproduce.md)")
 
     @model_validator(mode="after")
     def _one_way(self):
@@ -301,13 +332,28 @@ class SafetyEvalConfig(Strict):
                                description="chat | alpaca | jailbreak:<template name> (see `synthpref templates`)")
     max_new_tokens: int = Field(512, ge=1, description="paper: 512")
     batch_size: int = Field(8, ge=1)
-    backend: Literal["hf", "ct2"] = Field(
-        "hf", description="generation backend for the safety/over-refusal answers; ct2 merges and converts each model once")
+    backend: str = Field(
+        "hf", description="generation backend for the safety/over-refusal answers: a name in backends/generation "
+        "REGISTRY whose class evaluates trained models (hf: the in-memory model; ct2 merges and converts each once)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        import importlib
+
+        known = importlib.import_module("synthpref.backends.generation").REGISTRY
+        if v not in known:
+            raise ValueError(f"unknown generation backend '{v}' (known: {', '.join(known)})")
+        return v
+
     judges: list[str] = Field(default_factory=lambda: ["keywords"],
                               description="scorer names from score.scorers, or the built-in 'keywords'")
     unparsed: Literal["count", "exclude"] = Field(
         "count", description="judge replies unparsed after retries: count (the authors' denominator, every "
         "response; counted as not harmful) or exclude (left out of the denominator); always reported")
+    inherit_generation_config: bool = Field(
+        True, description="settings the authors' evaluation did not pass to generate() come from the evaluated "
+        "model's generation_config.json (hf backend); false: greedy without the model's penalties")
 
 
 class GeneralEvalConfig(Strict):
@@ -326,6 +372,9 @@ class GeneralEvalConfig(Strict):
 
 class EvaluateConfig(Strict):
     models: list[str] | None = Field(None, description="'sft' and/or setting names (default: sft + all settings)")
+    cuda_dtype: Literal["float16", "bfloat16"] = Field(
+        "float16", description="dtype of the evaluated models on CUDA when their dtype is auto (the authors' "
+        "eval.py: float16); CPU stays float32")
     safety: SafetyEvalConfig = Field(default_factory=SafetyEvalConfig)
     over_refusal: bool = Field(True, description="refusal rate on prompts.benign")
     general: GeneralEvalConfig = Field(default_factory=GeneralEvalConfig)
@@ -345,6 +394,16 @@ class Roles(Strict):
 class StudyConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="study name; runs/<name>/ by default")
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, description="replicate the seed-dependent work once per seed (sampled answers, the pairs and scores "
+        "built from them, DPO training, evaluation of the trained models, the probe) and share the rest (prompts, "
+        "greedy and human answers, SFT, the SFT model's evaluation), e.g. [0, 1, 2]; must include `seed`, whose "
+        "run is the run directory itself, each other seed k runs in <run dir>/seeds/seed-<k>/, and "
+        "<run dir>/seeds/report.md compares them. Default: one run with `seed` (`synthpref run --seeds N`: "
+        "seed .. seed+N-1)")
+    replicate_seed: int | None = Field(
+        None, description="the seed of the seed-dependent work (see `seeds`, which sets it in each seed's run); "
+        "default: `seed`. Prompts, SFT and greedy answers always use `seed`")
     run_dir: str | None = Field(None, description="default: runs/<name>")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models: dict[str, ModelSpec]
@@ -359,8 +418,34 @@ class StudyConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_list(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("the list is empty; list the seeds to run (e.g. [0, 1, 2]) or remove `seeds` for one run")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seed {dup[0]} is listed twice; list each seed once (e.g. [0, 1, 2])")
+        if min(v) < 0:
+            raise ValueError(f"seed {min(v)} is negative; use seeds >= 0")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_seeds(self, handler):
+        # Left out of dumps when unset, so the config.yaml and hashes of single-seed runs stay the same.
+        d = handler(self)
+        for k in ("seeds", "replicate_seed"):
+            if isinstance(d, dict) and d.get(k) is None:
+                d.pop(k, None)
+        return d
+
     @model_validator(mode="after")
     def _cross_field(self):
+        if self.seeds is not None and self.seed not in self.seeds:
+            raise ValueError(f"seeds: {self.seeds} does not include seed ({self.seed}), whose run the other seeds "
+                             f"share prompts and SFT with; add {self.seed} to seeds or set seed to one of them")
         names = set(self.models)
         if self.target not in names:
             raise ValueError(f"target: '{self.target}' is not in models{did_you_mean(self.target, names)}")
@@ -394,6 +479,11 @@ class StudyConfig(Strict):
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    @property
+    def replicate(self) -> int:
+        """The seed of the seed-dependent work: `replicate_seed`, else `seed`."""
+        return self.seed if self.replicate_seed is None else self.replicate_seed
 
     def role_members(self, role: str) -> list[str]:
         if role == "self":
@@ -442,6 +532,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             val = v
         _set_dotted(data, k.strip(), val)
     return data
+
+
+def overrides_from_file(path: str | Path) -> list[str]:
+    """`key.sub=value` strings from a YAML mapping {key.sub: value} (a recipe of overrides)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: overrides file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML ({getattr(e, 'problem', None) or e}); fix the syntax there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key.sub: value overrides, got a {type(data).__name__}")
+    return [f"{k}={json.dumps(v)}" for k, v in data.items()]
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:

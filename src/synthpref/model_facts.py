@@ -53,6 +53,20 @@ FACTS: dict[str, dict] = {
     "mistralai/Mixtral-8x7B-Instruct-v0.1": {**_MISTRAL_7B, "num_local_experts": 8, "num_experts_per_tok": 2},
     "Qwen/Qwen2-72B-Instruct": _QWEN_72B,
     "Qwen/Qwen2.5-72B-Instruct": _QWEN_72B,
+    # the packaged models' hub repos (synthpref fetch --list), so a config naming an asset that is
+    # not fetched yet is checked (train.lora.top_layers) without downloading it
+    "HuggingFaceTB/SmolLM2-135M-Instruct": dict(
+        hidden_size=576, num_hidden_layers=30, vocab_size=49152, intermediate_size=1536, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": dict(
+        hidden_size=896, num_hidden_layers=24, vocab_size=151936, intermediate_size=4864, num_attention_heads=14,
+        num_key_value_heads=2, tie_word_embeddings=True, attention_bias=True),
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": dict(
+        hidden_size=1536, num_hidden_layers=28, vocab_size=151936, intermediate_size=8960, num_attention_heads=12,
+        num_key_value_heads=2, tie_word_embeddings=True, attention_bias=True),
+    "google/gemma-3-270m": dict(
+        hidden_size=640, num_hidden_layers=18, vocab_size=262144, intermediate_size=2048, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, tie_word_embeddings=True),
 }
 
 
@@ -93,11 +107,8 @@ def _size(c: dict, source: str) -> ModelSize:
     return ModelSize(total, active, c["hidden_size"], c["num_hidden_layers"], c["vocab_size"], source)
 
 
-_hub_down = False
-
-
 def _read_config(path: str, revision: str | None) -> tuple[dict | None, str]:
-    global _hub_down
+    from . import hub
     from .models import resolve_path
 
     try:
@@ -118,7 +129,7 @@ def _read_config(path: str, revision: str | None) -> tuple[dict | None, str]:
         pass
     if path in FACTS:
         return dict(FACTS[path]), "table"
-    if _hub_down:
+    if hub.unreachable():
         return None, ""
     try:  # one short request; an unreachable hub is not asked again in this process
         import httpx
@@ -128,8 +139,10 @@ def _read_config(path: str, revision: str | None) -> tuple[dict | None, str]:
                       follow_redirects=True)
         r.raise_for_status()
         return r.json(), "hub"
-    except Exception:
-        _hub_down = True
+    except httpx.HTTPStatusError:
+        return None, ""  # the hub answered: this repo has no readable config.json
+    except Exception as e:
+        hub.mark_unreachable(type(e).__name__)
         return None, ""
 
 
@@ -143,3 +156,15 @@ def model_size(path: str, revision: str | None = None) -> ModelSize | None:
         return _size(c, source)
     except (KeyError, TypeError, ZeroDivisionError):
         return None
+
+
+def layer_count(path: str, revision: str | None = None) -> int | None:
+    """Decoder layers of a model, read without downloading or converting anything: a packaged
+    asset that is not fetched yet is looked up by the hub repo it stands in for."""
+    from . import assets
+
+    if path in assets.ASSETS and not assets.is_cached(path):
+        ids = [h for h in assets.ASSETS[path].hub_ids if h in FACTS]
+        return FACTS[ids[0]]["num_hidden_layers"] if ids else None
+    size = model_size(path, revision)
+    return size.num_layers if size else None

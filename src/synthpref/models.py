@@ -53,12 +53,22 @@ def pick_device(pref: str = "auto") -> str:
     return "cpu"
 
 
-def torch_dtype(spec_dtype: str, device: str):
+def torch_dtype(spec_dtype: str, device: str, cuda_auto: str = "bfloat16"):
+    """The torch dtype of a model spec's `dtype` on `device`: auto is float32 on CPU and
+    `cuda_auto` on CUDA (the study's score.cuda_dtype / evaluate.cuda_dtype where it has one)."""
     import torch
 
     if spec_dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        return getattr(torch, cuda_auto) if device == "cuda" else torch.float32
     return getattr(torch, spec_dtype)
+
+
+def with_cuda_dtype(spec: ModelSpec, device: str, cuda_dtype: str) -> ModelSpec:
+    """`spec` with dtype `cuda_dtype` when it runs on CUDA with dtype auto (evaluate.cuda_dtype:
+    the authors evaluated in float16, eval.py:58); otherwise unchanged (CPU stays float32)."""
+    if spec.dtype == "auto" and str(device).startswith("cuda"):
+        return spec.model_copy(update={"dtype": cuda_dtype})
+    return spec
 
 
 def _hub_error(ref: str, err: Exception) -> AssetError:

@@ -1,10 +1,15 @@
 """The paper's own numbers, shown beside ours for orientation only.
 
 Source: Wang et al., "More is Less: The Pitfalls of Multi-Model Synthetic Preference Data in DPO
-Safety Alignment", arXiv 2504.02193 (COLM 2025), headline ASR figure: jailbreak attack success
-rate per preference-data setting on the first 100 AdvBench behaviours, greedy decoding, judged by
-GPT-4o with a 1-5 harmfulness rubric (ASR = share rated 5). Their models, their SFT, their judge:
-a number here is never one of ours, and a difference from ours is not a replication result.
+Safety Alignment", arXiv 2504.02193 (COLM 2025). `ASR` is read from the paper's main figure: the
+all-models comparison of jailbreak attack success rate per preference-data setting, whose x-axis
+is the paper's table of settings (SFT, Original Dataset, HC+Self, GPT4o+Self, Stronger+Self,
+Peer+RM, All+RM, Self+RM); the authors' README shows the same figure
+(image/all_models_comparison_results.png, README.md line 4). Protocol: the first 100 AdvBench
+behaviours, greedy decoding, judged by GPT-4o with a 1-5 harmfulness rubric (ASR = share rated 5).
+The three models below are three of the six the figure reports. The figure's number is not in
+our source for the paper's facts, so it is named by its content rather than by a number. Their models, their SFT, their judge: a number here is never one of ours, and a
+difference from ours is not a replication result.
 
 The paper publishes no separability numbers that come with a probe recipe (features, layer and
 classifier are not given), so none are listed; `SEPARABILITY` stays empty rather than guessed.
@@ -12,7 +17,9 @@ classifier are not given), so none are listed; `SEPARABILITY` stays empty rather
 
 from __future__ import annotations
 
-CITATION = ("Wang et al., arXiv 2504.02193, headline ASR figure: first 100 AdvBench behaviours, greedy, "
+FIGURE = "main figure: all-models ASR comparison per preference-data setting"
+TABLE = "table of preference-data settings (the figure's x-axis)"
+CITATION = (f"Wang et al., arXiv 2504.02193, {FIGURE}: first 100 AdvBench behaviours, greedy, "
             "GPT-4o 1-5 harm rubric, ASR = share rated 5")
 MODEL = "Llama-3.1-8B"
 COLUMN = f"paper ({MODEL}, their judge)"

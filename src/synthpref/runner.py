@@ -3,11 +3,13 @@
 The sft stage (optional, `train.sft.enabled`) comes before generation, as in the paper: the
 target's responses, the probe's hidden states and DPO all come from the SFT model.
 
-Each stage is a module with `run(cfg, rd) -> dict` that reads the previous stages' outputs from
-the run directory and writes its own. A stage's key is computed just before it would run:
+Each stage is a module following the stage protocol (synthpref.stages: CONFIG, READS, WRITES,
+VERSION, check, estimate, run); this module loops over `stages.ORDER` and asks each. Every
+wanted stage's `check` runs before the first computes. A stage's key is computed just before it
+would run:
 
-    key = hash(config sections it reads, chained with the stages before it,
-               sha256 of every file in the run-directory folders it reads)
+    key = hash(its CONFIG sections, VERSION and key_inputs, chained with the stages before it,
+               sha256 of every file in the run-directory folders of the stages it READS)
 
 and the manifest records the key, those input fingerprints and the fingerprints of every file the
 stage wrote. A stage is "done" only when its recorded key equals the current key *and* every
@@ -15,13 +17,21 @@ recorded output still exists with its recorded content. So whichever path ran la
 `--only`, a single-stage command), a stage whose inputs changed on disk, or whose outputs were
 edited or deleted, runs again; an unchanged one is skipped. Inside a stage, work is cached per
 record. Only one process writes a run directory at a time (`rundir.writer_lock`).
+
+With `seeds` (run_seeds), the study's own seed runs in the run directory itself, exactly as a
+single-seed run (an existing one is that seed's run), and every other seed k in
+<run>/seeds/seed-<k>/ with `replicate_seed: k`. Such a run is a whole run directory, but nothing
+in it is computed twice: the stages whose key does not depend on the replicate seed (prompts,
+sft) are adopted from the first run (hard links and its manifest entries, `adopt_shared`), and
+inside `rundir.sharing` every record cache takes the records it lacks from the first run's same
+file when they were made for the same inputs (greedy and human answers, their scores, the SFT
+model's answers, verdicts and lm-eval results). Then <run>/seeds/report.md compares the seeds
+(synthpref.replicates).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from pathlib import Path
 from typing import Iterable
 
 from rich.console import Console
@@ -29,81 +39,37 @@ from rich.table import Table
 
 from . import __version__
 from .config import StudyConfig, dump_config
-from .stages.prompts import source_kind
-from .rundir import Fingerprints, RunDir, hash_obj, sha256_file, write_text, writer_lock
-
-# stage -> config sections it reads (its key chains them with those of the stages before it)
-STAGES: dict[str, tuple[str, ...]] = {
-    "prompts": ("prompts", "prompt_files", "seed"),
-    "sft": ("sft_inputs",),  # SFT before generation: Self responses, probe and DPO all use the SFT model
-    "generate": ("models", "target", "roles", "generate", "pairs", "seed", "device"),
-    "score": ("score",),
-    "pairs": ("pairs", "score", "seed"),
-    "probe": ("probe",),
-    "train": ("train", "pairs", "seed"),
-    "evaluate": ("evaluate", "prompts"),
-    "report": ("report",),
-}
-
-
-# stage -> run-directory folders it writes (default: the folder named after the stage)
-OUTPUTS: dict[str, tuple[str, ...]] = {"sft": ("train/sft",), "evaluate": ("eval",)}
-
-# stage -> stages whose output folders it reads (default: every stage before it). A new stage
-# needs one STAGES entry; list it here only to narrow what it reads, and add it to the READS of
-# any listed stage that reads its outputs.
-READS: dict[str, tuple[str, ...]] = {
-    "prompts": (),
-    "sft": (),
-    "generate": ("prompts", "sft"),
-    "score": ("prompts", "generate"),
-    "pairs": ("prompts", "generate", "score"),
-    "probe": ("pairs", "sft"),
-    "train": ("pairs", "sft"),
-    "evaluate": ("prompts", "train"),
-}
-
+from .errors import ConfigError
+from .rundir import Fingerprints, RunDir, hash_obj, sharing, write_text, writer_lock
+from .stages import ORDER, Checks, load
 
 def outputs_of(stage: str) -> tuple[str, ...]:
-    return OUTPUTS.get(stage, (stage,))
+    return load(stage).WRITES
 
 
 def reads_of(stage: str) -> tuple[str, ...]:
-    if stage in READS:
-        return READS[stage]
-    order = list(STAGES)
-    return tuple(order[: order.index(stage)])
-
-
-def _prompt_file_hashes(cfg: StudyConfig) -> dict[str, str]:
-    """Contents of local prompt files: editing one must re-run the study from the prompts stage."""
-    specs = [cfg.prompts.train, *cfg.prompts.eval.values(), *([cfg.prompts.benign] if cfg.prompts.benign else [])]
-    return {s.source: sha256_file(s.source) for s in specs
-            if source_kind(s.source) == "file" and Path(s.source).is_file()}
-
-
-def sft_inputs(cfg: StudyConfig) -> str | None:
-    """What the sft stage's output depends on (None without SFT)."""
-    if not cfg.train.sft.enabled:
-        return None
-    from .stages.train import sft_inputs_hash
-
-    return sft_inputs_hash(cfg)
+    return load(stage).READS
 
 
 def stage_hashes(cfg: StudyConfig) -> dict[str, str]:
+    """Per stage: hash(its CONFIG sections, its VERSION, its key_inputs, chained with every
+    stage before it)."""
     data = cfg.model_dump(mode="json")
-    data["prompt_files"] = _prompt_file_hashes(cfg)
-    data["sft_inputs"] = sft_inputs(cfg)
     out, prev = {}, __version__
-    for stage, keys in STAGES.items():
-        prev = hash_obj({"prev": prev, **{k: data.get(k) for k in keys}})
-        out[stage] = prev
+    for name in ORDER:
+        st = load(name)
+        extra = st.key_inputs(cfg) if hasattr(st, "key_inputs") else {}
+        prev = hash_obj({"prev": prev, "version": st.VERSION, **{k: data[k] for k in st.CONFIG if k in data}, **extra})
+        out[name] = prev
     return out
 
 
-def stage_module(stage: str):
-    return importlib.import_module(f"synthpref.stages.{stage}")
+def check_stages(cfg: StudyConfig, source: str = "<config>", stages: Iterable[str] | None = None) -> Checks:
+    """Every stage's `check` (or those of `stages`), in order, before any compute."""
+    checks = Checks(source)
+    for name in stages or ORDER:
+        load(name).check(cfg, checks)
+    return checks
 
 
 def input_fingerprints(rd: RunDir, stage: str, fp: Fingerprints) -> dict[str, str]:
@@ -128,17 +94,106 @@ def plan(cfg: StudyConfig, rd: RunDir, only: Iterable[str] | None = None) -> lis
     """(stage, up to date) for the wanted stages, judged on the run directory as it is now (a
     stage downstream of one that will re-run shows as up to date until that one has run)."""
     hashes = stage_hashes(cfg)
-    wanted = list(only) if only else list(STAGES)
+    wanted = list(only) if only else list(ORDER)
     fp = Fingerprints(rd.root)
-    return [(s, is_current(rd, s, hashes[s], fp)) for s in STAGES if s in wanted]
+    return [(s, is_current(rd, s, hashes[s], fp)) for s in ORDER if s in wanted]
 
 
 def run_study(cfg: StudyConfig, *, only: Iterable[str] | None = None, force: bool = False,
-              console: Console | None = None) -> dict[str, dict]:
+              console: Console | None = None, source: str | None = None) -> dict[str, dict]:
+    """Check the whole config (every stage's `check`, also under --only: a later full run must
+    not fail where this one passed), then run the wanted stages in order, skipping those up to date."""
     console = console or Console(stderr=True)
+    problems = check_stages(cfg, source or cfg.name).problems
+    if problems:
+        raise ConfigError(problems[0] + (f" (+{len(problems) - 1} more; run `synthpref validate`)" if len(problems) > 1 else ""))
+    if cfg.seeds:
+        return run_seeds(cfg, only=only, force=force, console=console)
     rd = RunDir(cfg.run_path).create()
     with writer_lock(rd.root, f"synthpref run {cfg.name}"):
         return _run_locked(cfg, rd, only, force, console)
+
+
+# --------------------------------------------------------------------------- seeds
+def seed_configs(cfg: StudyConfig) -> list[tuple[int, StudyConfig]]:
+    """(seed, the config of its run) for `cfg.seeds`, the study's own seed first: its run is the
+    single-seed study in the run directory itself; seed k runs in <run>/seeds/seed-<k>/."""
+    base = cfg.model_copy(update={"seeds": None})
+    out = [(cfg.seed, base)]
+    for k in cfg.seeds or []:
+        if k != cfg.seed:
+            out.append((k, base.model_copy(update={"replicate_seed": k,
+                                                    "run_dir": str(cfg.run_path / "seeds" / f"seed-{k}")})))
+    return out
+
+
+def shared_stages(base: StudyConfig, other: StudyConfig) -> list[str]:
+    """The leading stages whose key is the same under both configs: their outputs are the same, so
+    a replicate adopts them. Keys chain, so the first stage that differs ends the list."""
+    a, b = stage_hashes(base), stage_hashes(other)
+    out: list[str] = []
+    for s in ORDER:
+        if a[s] != b[s]:
+            break
+        out.append(s)
+    return out
+
+
+def adopt_shared(base_cfg: StudyConfig, base: RunDir, cfg: StudyConfig, rd: RunDir) -> list[str]:
+    """Give `rd` the outputs of the shared stages that are done in `base` (hard links, a copy across
+    file systems) and their manifest entries, so its runner skips them. Returns the stages adopted."""
+    import os
+    import shutil
+
+    hashes, fp_base, fp = stage_hashes(cfg), Fingerprints(base.root), Fingerprints(rd.root)
+    adopted = []
+    for s in shared_stages(base_cfg, cfg):
+        entry = (base.manifest().get("stages") or {}).get(s)
+        if not is_current(base, s, hashes[s], fp_base) or is_current(rd, s, hashes[s], fp):
+            continue
+        for folder in outputs_of(s):
+            shutil.rmtree(rd.path(folder), ignore_errors=True)
+        for rel in entry["outputs"]:
+            dest = rd.path(rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(base.path(rel), dest)
+            except OSError:
+                shutil.copy2(base.path(rel), dest)
+        rd.set_stage(s, entry)
+        adopted.append(s)
+    return adopted
+
+
+def run_seeds(cfg: StudyConfig, *, only=None, force: bool = False, console: Console | None = None) -> dict:
+    """Every seed of `cfg.seeds`, the study's own first, each later one sharing its work (see the
+    module docstring); then the seeds report. Returns the first run's results plus
+    'seeds': {seed: that run's results}."""
+    console = console or Console(stderr=True)
+    runs = seed_configs(cfg)
+    (seed0, cfg0), root = runs[0], RunDir(cfg.run_path).create()
+    results: dict[int, dict] = {}
+    with writer_lock(root.root, f"synthpref run {cfg.name} (seeds {cfg.seeds})"):
+        console.rule(f"[bold]seed {seed0} (1/{len(runs)}): {root.root}")
+        # The first seed's report comes last, so that it can point at the seeds report beside it.
+        first = [s for s in (only or ORDER) if s != "report"]
+        results[seed0] = _run_locked(cfg0, root, first, force, console) if first else {}
+        for i, (k, sub) in enumerate(runs[1:], 2):
+            rd = RunDir(sub.run_path).create()
+            console.rule(f"[bold]seed {k} ({i}/{len(runs)}): {rd.root}")
+            with writer_lock(rd.root, f"synthpref run {cfg.name} seed {k}"), sharing(rd.root, root.root):
+                adopted = adopt_shared(cfg0, root, sub, rd)
+                if adopted:
+                    console.print(f"[dim]shared with seed {seed0}: {', '.join(adopted)}[/dim]")
+                results[k] = _run_locked(sub, rd, only, force, console)
+        if not only or "report" in only:
+            from .replicates import write_report
+
+            path = write_report(cfg, [(k, RunDir(c.run_path)) for k, c in runs])
+            console.print(f"seeds report: {path}", soft_wrap=True)
+            console.rule(f"[bold]seed {seed0}: report")
+            results[seed0] = {**results[seed0], **_run_locked(cfg0, root, ["report"], force, console)}
+    return {**results[seed0], "seeds": results}
 
 
 def _run_locked(cfg: StudyConfig, rd: RunDir, only, force: bool, console: Console) -> dict[str, dict]:
@@ -147,8 +202,8 @@ def _run_locked(cfg: StudyConfig, rd: RunDir, only, force: bool, console: Consol
     rd.init_manifest(cfg_dict, cfg.seed)
     hashes = stage_hashes(cfg)
     results: dict[str, dict] = {}
-    wanted = list(only) if only else list(STAGES)
-    steps = [s for s in STAGES if s in wanted]
+    wanted = list(only) if only else list(ORDER)
+    steps = [s for s in ORDER if s in wanted]
     fp = Fingerprints(rd.root)
     t_all = time.time()
     for i, stage in enumerate(steps, 1):
@@ -164,7 +219,7 @@ def _run_locked(cfg: StudyConfig, rd: RunDir, only, force: bool, console: Consol
         console.rule(f"[bold][{i}/{len(steps)}] {stage}")
         t0 = time.time()
         with rd.stage_run(stage, key) as record:
-            summary = stage_module(stage).run(cfg, rd) or {}
+            summary = load(stage).run(cfg, rd) or {}
             record.update(inputs=inputs, outputs=fp.of_folders(outputs_of(stage)), summary=summary)
         fp.save()
         results[stage] = summary
@@ -212,4 +267,6 @@ def _print_summary(console: Console, cfg: StudyConfig, rd: RunDir, results: dict
         note = footnote(cfg, [str(r.get("model")) for r in rows])
         if note:
             console.print(note)
-    console.print(f"run directory: {rd.root}  ({seconds:.1f}s)")
+    report = rd.path("report", "report.html")
+    where = f"report: {report}" if report.exists() else f"run directory: {rd.root}"
+    console.print(f"{where}  ({seconds:.1f}s)", soft_wrap=True)

@@ -15,7 +15,7 @@ MARK = "†"
 
 def setting_models(cfg: StudyConfig, setting: str) -> set[str]:
     """Model names whose responses a pair setting uses (roles expanded); empty for unknown names."""
-    from .stages.pairs import available_settings, expand_sources
+    from .settings import available_settings, expand_sources
 
     spec = available_settings(cfg).get(setting)
     if spec is None:

@@ -160,3 +160,54 @@ def paired_rates(pairs: Iterable[tuple[bool | None, bool | None]], confidence: f
             "rate_first": (a + b) / n if n else None, "rate_second": (a + c) / n if n else None,
             "difference": (b - c) / n if n else None, "interval": list(ci) if ci else None,
             "p_value": mcnemar_exact(b, c), "confidence": confidence}
+
+
+def agreement(labels: list[bool], preds: list[bool | None]) -> dict:
+    """n, accuracy and Cohen's kappa over the rows with a prediction."""
+    from sklearn.metrics import cohen_kappa_score
+
+    pairs = [(y, p) for y, p in zip(labels, preds) if p is not None]
+    n = len(pairs)
+    if n == 0:
+        return {"n": 0, "unlabelled": len(labels), "accuracy": float("nan"), "kappa": float("nan")}
+    ys, ps = [int(y) for y, _ in pairs], [int(p) for _, p in pairs]
+    kappa = float(cohen_kappa_score(ys, ps)) if len(set(ys) | set(ps)) > 1 else float("nan")
+    return {"n": n, "unlabelled": len(labels) - n, "accuracy": sum(y == p for y, p in zip(ys, ps)) / n,
+            "kappa": kappa, "human_positive_rate": sum(ys) / n, "judge_positive_rate": sum(ps) / n}
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Interval for p1 - p2 of two independent proportions (different items): Newcombe's hybrid
+    score interval (R. G. Newcombe 1998, "Interval estimation for the difference between
+    independent proportions: comparison of eleven methods", Statistics in Medicine 17:873-890,
+    method 10): the Wilson intervals (l1, u1), (l2, u2) combined by "square and add",
+
+        L = D - sqrt((p1 - l1)^2 + (u2 - p2)^2),   U = D + sqrt((u1 - p1)^2 + (p2 - l2)^2).
+
+    Newcombe's worked example 56/70 - 48/80 gives [0.0524, 0.3339]. None when either n is 0."""
+    if n1 == 0 or n2 == 0:
+        return None
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    return (max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)),
+            min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (S. Holm 1979, "A simple sequentially
+    rejective multiple test procedure", Scandinavian Journal of Statistics 6:65-70).
+
+    Sorted ascending p_(1) <= ... <= p_(m), the adjusted p_(i) is max over j <= i of
+    min(1, (m - j + 1) p_(j)); rejecting where the adjusted p < alpha keeps the chance of any false
+    "moved" at most alpha over all m tests, whatever their dependence. Worked: [0.01, 0.04, 0.03,
+    0.005] -> [0.03, 0.06, 0.06, 0.02]."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out

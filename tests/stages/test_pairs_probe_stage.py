@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_helpers import full_run  # noqa: E402
 
+from synthpref import settings  # noqa: E402
 from synthpref.stages import pairs, probe  # noqa: E402
 from synthpref.rundir import read_json  # noqa: E402
 from synthpref.errors import ConfigError  # noqa: E402
@@ -24,7 +25,7 @@ def test_pairs_load_with_datasets_and_train_with_trl_dpo(tmp_path, tiny_model_di
 
     cfg, rd, _ = full_run(tmp_path, n_prompts=4)
     pairs.run(cfg, rd)
-    for name in pairs.PRESETS:
+    for name in settings.PRESETS:
         ds = load_dataset("json", data_files=str(rd.path("pairs", f"{name}.jsonl")), split="train")
         assert ds.num_rows == 4 and {"prompt", "chosen", "rejected", "chosen_model", "margin"} <= set(ds.column_names)
 

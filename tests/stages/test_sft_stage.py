@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from synthpref import hub, lineage
 from synthpref import runner
 from synthpref.config import parse_config
 from synthpref.rundir import RunDir, read_json, write_jsonl
@@ -17,7 +18,7 @@ from synthpref.validate import validate
 
 
 def test_stage_order_puts_sft_before_generate():
-    assert list(runner.STAGES) == ["prompts", "sft", "generate", "score", "pairs", "probe", "train", "evaluate",
+    assert list(runner.ORDER) == ["prompts", "sft", "generate", "score", "pairs", "probe", "train", "evaluate",
                                    "report"]
 
 
@@ -89,7 +90,7 @@ def test_split_check_for_hub_datasets_offline(monkeypatch):
     from synthpref.stages import sft_data
 
     monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
-    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": None})  # the hub "answers" the probe; the call fails
+    monkeypatch.setattr(hub, "_STATE", {"why": None})  # the hub "answers" the probe; the call fails
     # Known datasets are checked offline from their cards' splits: UltraChat has no 'train'.
     problem, note = check_split(SFTData(source="HuggingFaceH4/ultrachat_200k", split="train"), "w")
     assert "did you mean 'train_sft'" in problem and "train_gen" in problem and note is None
@@ -98,14 +99,14 @@ def test_split_check_for_hub_datasets_offline(monkeypatch):
     problem, note = check_split(SFTData(source="someone/chat-data", split="train"), "w")
     assert problem is None and "could not check split 'train'" in note and "ConnectionError" in note
     # Offline mode (or no answer to the probe): a note without asking.
-    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": "HF_HUB_OFFLINE is set"})
+    monkeypatch.setattr(hub, "_STATE", {"why": "HF_HUB_OFFLINE is set"})
     problem, note = check_split(SFTData(source="someone/chat-data", split="train"), "w")
     assert problem is None and "HF_HUB_OFFLINE is set" in note
     # Prompt sets from the hub get the same check.
     assert "is not a split of 'PKU-Alignment/PKU-SafeRLHF'" in sft_data.check_hub_split(
         "PKU-Alignment/PKU-SafeRLHF", "validation", "prompts.train")[0]
     # When the hub answers, its splits are used.
-    monkeypatch.setattr(sft_data, "_HUB_STATE", {"why": None})
+    monkeypatch.setattr(hub, "_STATE", {"why": None})
     monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *a, **k: ["train", "validation"])
     problem, _ = check_split(SFTData(source="someone/chat-data", split="test"), "w")
     assert "available: train, validation" in problem
@@ -146,7 +147,7 @@ def test_stage_hashes_follow_sft(tmp_path, tiny, sft_sources):
 def test_sft_without_config_is_skipped(tmp_path, tiny):
     cfg, rd = make(tmp_path, tiny, None)
     assert sft.run(cfg, rd)["skipped"] is True
-    assert sft.policy_spec(cfg, rd, "tiny").path == str(tiny)
+    assert lineage.policy_spec(cfg, rd, "tiny").path == str(tiny)
 
 
 def test_two_sft_phases_then_generation_from_the_sft_model(tmp_path, tiny, sft_sources, monkeypatch):
@@ -158,14 +159,14 @@ def test_two_sft_phases_then_generation_from_the_sft_model(tmp_path, tiny, sft_s
         gradient_accumulation_steps=1)
     # Generation before SFT is refused rather than silently using the base model.
     with pytest.raises(Exception, match="run `synthpref sft` first"):
-        sft.policy_spec(cfg, rd, "tiny")
+        lineage.policy_spec(cfg, rd, "tiny")
     summary = sft.run(cfg, rd)
     assert summary["sft"]["global_step"] == 1
     phase1 = read_json(rd.path("train", "sft_phase1", "done.json"))
     final = read_json(rd.path("train", "sft", "done.json"))
     assert phase1["start_model"] == str(tiny) and phase1["split"] == "train_sft"
-    assert final["start_model"] == str(train.trained_model_dir(rd, "sft_phase1").resolve())
-    assert final["n_examples"] == 5 and final["inputs_hash"] == train.sft_inputs_hash(cfg)
+    assert final["start_model"] == str(lineage.trained_model_dir(rd, "sft_phase1").resolve())
+    assert final["n_examples"] == 5 and final["inputs_hash"] == lineage.sft_inputs_hash(cfg)
 
     seen = []
     real = generate.get_backend_class
@@ -183,6 +184,6 @@ def test_two_sft_phases_then_generation_from_the_sft_model(tmp_path, tiny, sft_s
     monkeypatch.setattr(generate, "get_backend_class", spy)
     write_jsonl(rd.path("prompts", "train.jsonl"), [{"prompt_id": prompt_id("Hello"), "text": "Hello", "source": "t"}])
     generate.run(cfg, rd)
-    assert seen == [str(train.trained_model_dir(rd, "sft").resolve())]
+    assert seen == [str(lineage.trained_model_dir(rd, "sft").resolve())]
     # DPO starts from the same model, and the train stage does not train SFT again.
-    assert train.start_model_spec(cfg, rd).path == seen[0]
+    assert lineage.start_model_spec(cfg, rd).path == seen[0]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from synthpref import lineage
 from synthpref.stages import train
 from synthpref.config import parse_config
 from synthpref.rundir import RunDir, read_json, read_jsonl, write_jsonl
@@ -106,7 +107,7 @@ def test_full_finetune_learns_saves_and_is_not_retrained(tmp_path, tiny_model):
     assert row["global_step"] == 4 and not row["skipped"]
     _assert_dynamics(rd, "s1", 4)
 
-    mdir = train.trained_model_dir(rd, "s1")
+    mdir = lineage.trained_model_dir(rd, "s1")
     assert sorted(p.name for p in mdir.iterdir() if p.suffix in (".bin", ".pt", ".pth")) == []
     before, after = _weights(tiny_model / "model.safetensors"), _weights(mdir / "model.safetensors")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -129,13 +130,13 @@ def test_lora_learns_and_load_trained_merges(tmp_path, tiny_model):
                          lora={"r": 8, "alpha": 16, "dropout": 0.0})
     train.run(cfg, rd)
     _assert_dynamics(rd, "s1", 4)
-    mdir = train.trained_model_dir(rd, "s1")
+    mdir = lineage.trained_model_dir(rd, "s1")
     assert (mdir / "adapter_config.json").exists() and (mdir / "adapter_model.safetensors").exists()
     assert not (mdir / "model.safetensors").exists()
     adapter = _weights(mdir / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero
 
-    model, tok = train.load_trained(cfg, rd, "s1", "cpu")
+    model, tok = lineage.load_trained(cfg, rd, "s1", "cpu")
     assert tok.padding_side == "left"
     assert not any("lora" in n for n, _ in model.named_parameters())  # merged, plain model
     base = _weights(tiny_model / "model.safetensors")
@@ -199,12 +200,12 @@ def test_sft_stage_makes_the_dpo_start_model(tmp_path, tiny_model):
                               "max_length": 64})
     summary = train.run(cfg, rd)
     assert summary["sft"]["global_step"] == 2
-    sft_dir = train.trained_model_dir(rd, "sft")
+    sft_dir = lineage.trained_model_dir(rd, "sft")
     sft_w, base_w = _weights(sft_dir / "model.safetensors"), _weights(tiny_model / "model.safetensors")
     assert any(not torch.equal(sft_w[k], base_w[k]) for k in base_w)
     assert read_json(rd.path("train", "s1", "done.json"))["start_model"] == str(sft_dir.resolve())
     assert len(read_jsonl(rd.path("train", "sft", "metrics.jsonl"))) == 2
-    model, _ = train.load_trained(cfg, rd, "sft")
+    model, _ = lineage.load_trained(cfg, rd, "sft")
     assert torch.equal(model.state_dict()["model.norm.weight"], sft_w["model.norm.weight"])
 
 
@@ -218,7 +219,7 @@ def test_accelerate_launcher_runs_the_same_training(tmp_path, tiny_model):
     summary = train.run(cfg, rd)
     assert summary["settings"]["s1"]["global_step"] == 2
     assert [r["step"] for r in read_jsonl(rd.path("train", "s1", "metrics.jsonl"))] == [1, 2]
-    assert (train.trained_model_dir(rd, "s1") / "model.safetensors").exists()
+    assert (lineage.trained_model_dir(rd, "s1") / "model.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -237,5 +238,5 @@ def test_lora_dpo_on_packaged_smollm2(tmp_path):
     assert summary["settings"]["s1"]["global_step"] == 2
     m = read_jsonl(rd.path("train", "s1", "metrics.jsonl"))
     assert [r["step"] for r in m] == [1, 2] and all("rewards/margins" in r for r in m)
-    cfg_json = json.loads((train.trained_model_dir(rd, "s1") / "adapter_config.json").read_text())
+    cfg_json = json.loads((lineage.trained_model_dir(rd, "s1") / "adapter_config.json").read_text())
     assert Path(cfg_json["base_model_name_or_path"]) == path

@@ -149,3 +149,17 @@ def test_float32_greedy_equals_hf_on_smollm2(smollm2_dir):
     b = get_backend_class("ct2")(spec_of(smollm2_dir, quantization="float32"))  # converts into the user cache
     got = {r.key: r.text for r in b.generate(reqs, params)}
     assert got == want
+
+
+def test_record_key_holds_the_resolved_quantization(monkeypatch):
+    """`quantization: auto` is int8 on CPU and int8_float16 on CUDA: a run moved to a GPU must key its
+    records apart from the CPU ones instead of mixing them under "auto"."""
+    import ctranslate2
+
+    from synthpref.backends.generation.ct2 import CT2Backend
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    cpu = CT2Backend.record_options({"quantization": "auto", "intra_threads": 2}, "cpu")
+    gpu = CT2Backend.record_options({"intra_threads": 2}, "cuda")
+    assert cpu == {"quantization": "int8"} and gpu == {"quantization": "int8_float16"}
+    assert CT2Backend.record_options({"quantization": "float32"}, "cuda") == {"quantization": "float32"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthpref.stages import evaluate_formats as ef
+from synthpref.stages.evaluate import formats as ef
 from synthpref.config import ModelSpec
 from synthpref.errors import ConfigError
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from synthpref.stages.evaluate import over_refusal_metric, safety_metrics, summarise_lm_eval, table_row
+from synthpref.stages.evaluate.general import summarise_lm_eval
+from synthpref.stages.evaluate.metrics import over_refusal_metric, safety_metrics, table_row
 from synthpref.stats import mean_and_stderr, proportion, rate_from_verdicts, wilson_interval
 
 

@@ -228,3 +228,18 @@ def test_llamacpp_seeded_on_gguf():
     finally:
         b.close()
     assert b.chat and first == second and all(first.values())
+
+
+def test_vllm_data_parallel_on_cpu_splits_the_cores():
+    """vLLM's CPU build: each data-parallel engine binds its own share of this process's cores."""
+    import os
+
+    from synthpref.backends.generation.vllm_backend import _dp_envs
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        a, b = _dp_envs(2, 1, "cpu")
+        sets = [set(map(int, e["VLLM_CPU_OMP_THREADS_BIND"].split(","))) for e in (a, b)]
+        assert sets[0] and sets[1] and not sets[0] & sets[1] and sets[0] | sets[1] <= set(cores)
+    problem = _dp_envs(len(cores) + 1, 1, "cpu")
+    assert isinstance(problem, str) and f"{len(cores)} available" in problem

@@ -141,7 +141,7 @@ def test_the_pair_scorer_cannot_be_an_asr_judge():
 def test_agreement_refuses_in_sample_and_uses_out_of_fold(monkeypatch):
     cfg = make_cfg()
     called = []
-    monkeypatch.setattr("synthpref.stages.score.score_texts", lambda *a, **k: called.append(a) or [])
+    monkeypatch.setattr(A, "score_texts", lambda *a, **k: called.append(a) or [])
     # harm_head is fitted on the PyRIT harm pairs: refused there
     with pytest.raises(ConfigError, match="fitted on pyrit-harm-pairs"):
         A.run_agreement(cfg, "harm", "pyrit-harm-pairs")
@@ -234,5 +234,5 @@ def test_report_marks_stand_ins_and_prints_agreement_and_classes(tmp_path):
     assert "0.86 (jbb-judge, n=100)" in md
     names = [n for n, _ in sections]
     assert names[0] == "Findings"  # findings first
-    assert "What the answers are" in names[names.index("Jailbreak attack success rate") + 1]  # classes beside ASR
+    assert "What the answers are" in names[names.index("Jailbreak prompts: each judge's rate") + 1]  # classes beside the rates
     assert "pairwise accuracy 0.743 on 74 held-out human preference pairs" in md

@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_helpers import full_run, response, study_config, write_run  # noqa: E402
 
+from synthpref import settings  # noqa: E402
 from synthpref.stages import pairs  # noqa: E402
 from synthpref.errors import ConfigError, DataError  # noqa: E402
 from synthpref.stages.prompts import prompt_id  # noqa: E402
@@ -20,9 +21,10 @@ P = "Tell me something dangerous."
 PID = prompt_id(P)
 
 
-def _one_prompt(tmp_path, spec: dict, resps: list[tuple], **sections):
-    """One prompt; resps: (model, kind, text, idx, score). Returns (pair records, drop records)."""
-    cfg = study_config(tmp_path, pairs={"settings": ["x"], "custom": {"x": spec}}, **sections)
+def _one_prompt(tmp_path, spec: dict, resps: list[tuple], rules: dict | None = None, **sections):
+    """One prompt; resps: (model, kind, text, idx, score); rules: pairs.tie_break / pairs.identical.
+    Returns (pair records, drop records)."""
+    cfg = study_config(tmp_path, pairs={"settings": ["x"], "custom": {"x": spec}, **(rules or {})}, **sections)
     rs = [response(PID, m, k, t, idx) for m, k, t, idx, _ in resps]
     rd = write_run(cfg, [P], rs, {r["response_id"]: s for r, (*_, s) in zip(rs, resps)})
     pairs.run(cfg, rd)
@@ -38,7 +40,7 @@ def _sides(recs):
 def test_presets_pick_the_papers_sides(tmp_path):
     cfg, rd, prompts = full_run(tmp_path, n_prompts=3)
     summary = pairs.run(cfg, rd)
-    assert set(summary) == set(pairs.PRESETS)
+    assert set(summary) == set(settings.PRESETS)
     expect = {  # setting -> (chosen model, chosen kind, rejected model, rejected kind)
         "original": ("human", "human_chosen", "human", "human_rejected"),
         "hc_self": ("human", "human_chosen", "tgt", "greedy"),
@@ -88,8 +90,10 @@ def test_best_worst_over_one_pool_and_over_two(tmp_path):
 
 
 def test_ties_are_broken_by_response_id(tmp_path):
+    # pairs.tie_break: id and identical: drop (synthpref's rule; the authors' is in test_authors_pipeline.py)
     resps = [("tgt", "sample", f"t{i}", i, 1.0) for i in range(4)]
-    recs, _ = _one_prompt(tmp_path, {"chosen": ["self"], "rejected": ["self"], "rule": "best_worst"}, resps)
+    recs, _ = _one_prompt(tmp_path, {"chosen": ["self"], "rejected": ["self"], "rule": "best_worst"}, resps,
+                          rules={"tie_break": "id", "identical": "drop"})
     ids = sorted(response(PID, "tgt", "sample", "", i)["response_id"] for i in range(4))
     assert recs[0]["chosen_response_id"] == ids[0] and recs[0]["rejected_response_id"] == ids[1]
 
@@ -147,7 +151,8 @@ def test_drop_reasons(tmp_path):
     _, d = _one_prompt(tmp_path / "3", spec, [("big", "greedy", "big", None, None), ("tgt", "greedy", "s", None, 0.0)])
     assert d[0]["reason"] == "missing_score"
     _, d = _one_prompt(tmp_path / "4", spec, [("big", "greedy", "Same text", None, 1.0),
-                                               ("tgt", "greedy", "Same text ", None, 0.0)])
+                                               ("tgt", "greedy", "Same text ", None, 0.0)],
+                       rules={"identical": "drop"})  # synthpref's rule; the authors keep the pair
     assert d[0]["reason"] == "identical_texts"
     stats = read_json(Path(tmp_path / "4" / "run" / "pairs" / "stats.json"))
     assert stats["settings"]["x"]["dropped"] == {"identical_texts": 1} and stats["settings"]["x"]["pairs"] == 0
@@ -171,12 +176,12 @@ def test_dropped_responses_are_skipped(tmp_path):
 # --------------------------------------------------------------------------- config
 def test_unknown_setting_sft_and_unknown_source_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'self_rm'"):
-        pairs.resolve_settings(study_config(tmp_path, pairs={"settings": ["self_rn"]}))
+        settings.resolve_settings(study_config(tmp_path, pairs={"settings": ["self_rn"]}))
     with pytest.raises(ConfigError, match="'sft' is the untrained baseline"):
-        pairs.resolve_settings(study_config(tmp_path, pairs={"settings": ["sft", "self_rm"]}))
+        settings.resolve_settings(study_config(tmp_path, pairs={"settings": ["sft", "self_rm"]}))
     bad = {"settings": ["mine"], "custom": {"mine": {"chosen": ["peer"], "rejected": ["self"]}}}
     with pytest.raises(ConfigError, match="did you mean 'peers'"):
-        pairs.resolve_settings(study_config(tmp_path, pairs=bad))
+        settings.resolve_settings(study_config(tmp_path, pairs=bad))
 
 
 def test_custom_setting_and_preset_override_from_config(tmp_path):
@@ -184,14 +189,14 @@ def test_custom_setting_and_preset_override_from_config(tmp_path):
               "self_rm": {"chosen": ["self"], "rejected": ["self"], "chosen_kind": "sample",
                           "rejected_kind": "sample", "rule": "max_min_margin", "min_margin": 0.15}}
     cfg, rd, _ = full_run(tmp_path, n_prompts=2, pairs={"settings": ["peer1_vs_self", "self_rm"], "custom": custom})
-    assert list(pairs.resolve_settings(cfg)) == ["peer1_vs_self", "self_rm"]
+    assert list(settings.resolve_settings(cfg)) == ["peer1_vs_self", "self_rm"]
     pairs.run(cfg, rd)
     recs = read_jsonl(rd.path("pairs", "peer1_vs_self.jsonl"))
     assert [(r["chosen_model"], r["rejected_model"]) for r in recs] == [("peer1", "tgt")] * 2
     stats = read_json(rd.path("pairs", "stats.json"))
     assert stats["settings"]["self_rm"]["dropped"] == {}  # margin 0.2 >= 0.15
     assert not rd.path("pairs", "original.jsonl").exists()
-    assert pairs.models_needed(cfg) == ["peer1", "tgt"]
+    assert settings.models_needed(cfg) == ["peer1", "tgt"]
 
 
 def test_missing_reward_scores_is_a_data_error(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synthpref import estimate, model_facts, runner
+from synthpref import estimate, hub, model_facts, runner
 from synthpref.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def offline(monkeypatch):
         raise httpx.ConnectError("offline in tests")
 
     monkeypatch.setattr(httpx, "get", refuse)
-    monkeypatch.setattr(model_facts, "_hub_down", False)
+    monkeypatch.setattr(hub, "_STATE", {"why": None})  # the hub "answers"; every request then fails
 
 
 def test_six_configs_one_per_paper_model():
@@ -50,7 +50,7 @@ def test_dry_run_plan_is_in_stage_order_with_real_sizes(path, monkeypatch):
     cfg = load_config(path)
     est = estimate.estimate(cfg)
     stages = [r[0] for r in est["rows"]]
-    assert stages == sorted(stages, key=list(runner.STAGES).index) and stages[:3] == ["prompts", "sft", "sft"]
+    assert stages == sorted(stages, key=list(runner.ORDER).index) and stages[:3] == ["prompts", "sft", "sft"]
     assert est["device"] == "cuda" and est["gpu_hours"] > 0
     target = model_facts.model_size(cfg.models[cfg.target].path)
     assert target.source == "table" and 6.5e9 < target.params < 8.1e9

@@ -9,7 +9,7 @@ import types
 import pytest
 
 from synthpref.backends.generation import GenParams, GenRequest, get_backend_class
-from synthpref.backends.generation.base import banned_ngram_tokens
+from synthpref.backends.generation.base import NGramIndex, banned_ngram_tokens
 from synthpref.config import ModelSpec
 from synthpref.errors import BackendError
 
@@ -46,6 +46,18 @@ def test_banned_ngrams_match_transformers(seed):
         out = NoRepeatNGramLogitsProcessor(n)(torch.tensor([ids]), scores.clone())
         want = {i for i in range(6) if out[0, i] == float("-inf")}
         assert banned_ngram_tokens(ids, n) == want, (ids, n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_incremental_ngram_index_matches_the_full_scan(seed):
+    import random
+
+    rng = random.Random(seed)
+    for n in (1, 2, 3, 4):
+        ids, index = [rng.randrange(5) for _ in range(rng.randrange(0, 4))], NGramIndex(n)
+        for _ in range(30):
+            assert index.banned(ids) == banned_ngram_tokens(ids, n), (ids, n)
+            ids = ids + [rng.randrange(5) for _ in range(rng.choice((1, 1, 2)))]
 
 
 # --------------------------------------------------------------------------- hf, for real
@@ -105,23 +117,46 @@ def test_hf_sampling_gets_top_k_and_penalties(tiny, monkeypatch):
 
 
 # --------------------------------------------------------------------------- vllm and llama.cpp arguments
+NGRAM_MOD = "synthpref.backends.generation.vllm_ngram"
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    """A stand-in for vLLM's SamplingParams and the V1 logits-processor base module (our own logic
+    only: the real engine runs in tests/vllm, `make test-vllm`)."""
+    import enum
+    from dataclasses import dataclass
+
     made = []
 
     class SamplingParams:
-        accepts_processors = True
-
         def __init__(self, **kw):
-            if "logits_processors" in kw and not SamplingParams.accepts_processors:
-                raise ValueError("vLLM V1 does not support per request user provided logits processors.")
             made.append(kw)
-            self.kw = kw
+            self.extra_args = kw.get("extra_args")
 
+    class MoveDirectionality(enum.Enum):
+        UNIDIRECTIONAL = 1
+        SWAP = 2
+
+    @dataclass
+    class BatchUpdate:
+        batch_size: int
+        removed: list
+        added: list
+        moved: list
+
+    lp = types.ModuleType("vllm.v1.sample.logits_processor")
+    lp.LogitsProcessor, lp.BatchUpdate, lp.MoveDirectionality = object, BatchUpdate, MoveDirectionality
     mod = types.ModuleType("vllm")
-    mod.SamplingParams = SamplingParams
+    mod.SamplingParams, mod.__version__ = SamplingParams, "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", mod)
-    return SamplingParams, made
+    for name in ("vllm.v1", "vllm.v1.sample"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vllm.v1.sample.logits_processor", lp)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    sys.modules.pop(NGRAM_MOD, None)
+    yield lp, made
+    sys.modules.pop(NGRAM_MOD, None)
 
 
 def test_vllm_params_match_hf(fake_vllm):
@@ -133,27 +168,62 @@ def test_vllm_params_match_hf(fake_vllm):
     vb._sampling_params({"greedy": True, "seed": 7}, p, [2])
     vb._sampling_params({"greedy": False, "seed": 7}, p, [2])
     greedy, sample = made
-    assert greedy["temperature"] == 0.0 and greedy["repetition_penalty"] == 1.0 and "logits_processors" not in greedy
-    assert greedy["top_k"] == -1
+    assert greedy["temperature"] == 0.0 and greedy["repetition_penalty"] == 1.0 and "extra_args" not in greedy
+    assert greedy["top_k"] == -1 and greedy["seed"] is None
     assert (sample["temperature"], sample["top_p"], sample["top_k"], sample["repetition_penalty"]) == (0.5, 0.9, 50, 1.2)
-    (proc,) = sample["logits_processors"]
+    assert sample["extra_args"] == {"no_repeat_ngram_size": 3} and sample["seed"] == 7
+
+
+def test_vllm_ngram_processor_follows_rows_and_bans_like_transformers(fake_vllm):
+    """Rows join, leave, move and swap as vLLM's BatchUpdate says; each row's bans are its own."""
     import torch
 
-    logits = proc([1, 2, 3], [4, 1, 2], torch.zeros(8))  # "1 2" seen before, followed by 3: 3 is banned
-    assert logits[3] == float("-inf") and torch.isfinite(logits[[0, 1, 2, 4, 5, 6, 7]]).all()
+    lp, _ = fake_vllm
+    from synthpref.backends.generation import vllm_ngram as vn
+    from vllm import SamplingParams
+
+    proc = vn.NoRepeatNGramProcessor(None, torch.device("cpu"), False)
+    on, off = SamplingParams(extra_args={"no_repeat_ngram_size": 2}), SamplingParams()
+    out0, out1, out2 = [5], [], [1]
+    proc.update_state(lp.BatchUpdate(3, [], [(0, on, [1, 5, 2], out0), (1, on, [3, 3], out1), (2, off, [1, 1], out2)], []))
+    logits = proc.apply(torch.zeros(3, 8))
+    # row 0: "... 5 2 5": last token 5 was followed by 2 -> 2 banned; row 1: "3 3": 3 banned; row 2: off
+    assert [set(torch.nonzero(torch.isinf(r)).flatten().tolist()) for r in logits] == [{2}, {3}, set()]
+    out0.append(7)  # the engine grows the output list in place
+    proc.update_state(lp.BatchUpdate(2, [2], [], [(1, 0, lp.MoveDirectionality.SWAP)]))
+    logits = proc.apply(torch.zeros(2, 8))  # row 0 is now the "3 3" request, row 1 "1 5 2 5 7"
+    assert torch.isinf(logits[0, 3]) and not torch.isinf(logits[1]).any()
+    proc.update_state(lp.BatchUpdate(1, [0], [], [(1, 0, lp.MoveDirectionality.UNIDIRECTIONAL)]))
+    out0.extend([-1])  # an async placeholder is not indexed
+    assert set(torch.nonzero(torch.isinf(proc.apply(torch.zeros(1, 8))[0])).flatten().tolist()) == set()
+    with pytest.raises(ValueError, match="non-negative integer"):
+        vn.NoRepeatNGramProcessor.validate_params(SamplingParams(extra_args={"no_repeat_ngram_size": "3"}))
 
 
-def test_vllm_without_logits_processors_refuses(fake_vllm):
+def test_vllm_without_the_processor_interface_refuses(fake_vllm, monkeypatch):
     from synthpref.backends.generation import vllm_backend as vb
 
-    cls, _ = fake_vllm
-    cls.accepts_processors = False
-    msg = vb.check_ngram_support()
-    assert msg and "no_repeat_ngram_size" in msg and "backend: hf" in msg
-    p = {"temperature": 0.5, "top_p": 0.9, "top_k": 50, "penalties_greedy": (1.0, 0), "penalties_sample": (1.2, 3),
-         "max_new_tokens": 12}
-    with pytest.raises(BackendError, match="VLLM_USE_V1=0"):
-        vb._sampling_params({"greedy": False, "seed": 1}, p, [2])
+    assert vb.ngram_problem() is None
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    msg = vb.ngram_problem()
+    assert "unset VLLM_USE_V2_MODEL_RUNNER" in msg and "backend: hf" in msg
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    monkeypatch.delitem(sys.modules, "vllm.v1.sample.logits_processor")  # an old vLLM
+    sys.modules.pop(NGRAM_MOD, None)
+    monkeypatch.setattr("builtins.__import__", _refuse("vllm.v1.sample.logits_processor"))
+    msg = vb.ngram_problem()
+    assert "vLLM 0.32.0 lacks" in msg and "pip install 'synthpref[vllm]'" in msg and "\n" not in msg
+
+
+def _refuse(name):
+    real = __import__
+
+    def imp(mod, *a, **kw):
+        if mod == name:
+            raise ImportError(f"No module named '{name}'")
+        return real(mod, *a, **kw)
+
+    return imp
 
 
 def test_llamacpp_call_arguments():
@@ -179,16 +249,16 @@ def test_llamacpp_call_arguments():
     assert scores[7] == float("-inf") and np.isfinite(np.delete(scores, 7)).all()  # "5 6 7" seen: 7 banned after "5 6"
 
 
-def test_vllm_engine_refusing_processors_at_request_time_is_a_clear_error(fake_vllm):
-    """vLLM's V1 engine accepts the SamplingParams but rejects the processor when the request is
-    added: that error becomes the same clear refusal."""
+def test_vllm_engine_refusing_the_extra_arg_is_a_clear_error(fake_vllm):
+    """An engine built without our processor class rejects the request's extra_args when it is
+    added: that error becomes one line naming the fixes."""
     from synthpref.backends.generation import vllm_backend as vb
 
     class Engine:
         def generate(self, prompts, sps, use_tqdm=False):
-            raise ValueError("vLLM V1 does not support per request user provided logits processors.")
+            raise ValueError("extra_args.no_repeat_ngram_size: no logits processor takes it")
 
     p = {"temperature": 0.5, "top_p": 0.9, "top_k": 50, "penalties_greedy": (1.0, 0), "penalties_sample": (1.2, 3),
          "max_new_tokens": 12}
-    with pytest.raises(BackendError, match="no_repeat_ngram_size 3 needs a per-request logits processor"):
+    with pytest.raises(BackendError, match="engine refused no_repeat_ngram_size.*backend: hf"):
         vb._run_engine(Engine(), [{"key": "k", "ids": [1, 2], "seed": 1, "greedy": False}], p, [2])

@@ -19,18 +19,19 @@ from synthpref.rundir import write_text
 def fake(monkeypatch, tmp_path):
     calls: list[str] = []
 
-    def stage(name, reads):
+    def stage(name, config, reads):
         def run(cfg, rd):
             calls.append(name)
             src = "".join(rd.path(r, "out.txt").read_text() for r in reads)
             write_text(rd.path(name, "out.txt"), f"{name}({src or cfg.seed})")
             return {"ran": name}
-        return types.SimpleNamespace(run=run)
+        # the stage protocol (synthpref.stages): what the runner asks of a stage module
+        return types.SimpleNamespace(CONFIG=config, READS=reads, WRITES=(name,), VERSION=1,
+                                     check=lambda cfg, checks: None, run=run)
 
-    mods = {"up": stage("up", ()), "down": stage("down", ("up",))}
-    monkeypatch.setattr(runner, "STAGES", {"up": ("seed",), "down": ("name",)})  # one entry per stage
-    monkeypatch.setattr(runner, "READS", {})  # default: a stage reads every stage before it
-    monkeypatch.setattr(runner, "stage_module", lambda s: mods[s])
+    mods = {"up": stage("up", ("seed",), ()), "down": stage("down", ("name",), ("up",))}
+    monkeypatch.setattr(runner, "ORDER", ("up", "down"))
+    monkeypatch.setattr(runner, "load", lambda s: mods[s])
     monkeypatch.setattr(runner, "_print_summary", lambda *a, **k: None)
 
     def run(seed=0, only=None):

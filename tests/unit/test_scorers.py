@@ -70,7 +70,7 @@ def test_keywords_options_and_unknown_option():
 
 def test_keywords_reproduce_jailbreakbench_gcg_column():
     """JBB's judge comparison ships the GCG rule-based judge's verdicts: ours must match them."""
-    from synthpref.agreement import _read_csv
+    from synthpref.data import read_csv as _read_csv
     from synthpref import assets
 
     rows = _read_csv(assets.fetch("jbb") / "classifier_comparison.csv")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from synthpref import chat, lineage, training
 from synthpref.stages import train
 from synthpref.config import parse_config
 from synthpref.errors import ConfigError, DataError
@@ -47,11 +48,11 @@ def test_every_train_field_reaches_dpo_config(tmp_path):
 
 def test_bf16_default_follows_device(tmp_path):
     cfg = study(tmp_path)
-    assert train._common_args(cfg, "cuda", tmp_path)["bf16"] is True
-    assert train._common_args(cfg, "cpu", tmp_path)["bf16"] is False
+    assert training.common_args(cfg, "cuda", tmp_path)["bf16"] is True
+    assert training.common_args(cfg, "cpu", tmp_path)["bf16"] is False
     forced = study(tmp_path, bf16=False, report_to=["tensorboard"])
-    assert train._common_args(forced, "cuda", tmp_path)["bf16"] is False
-    assert train._common_args(forced, "cuda", tmp_path)["report_to"] == ["tensorboard"]
+    assert training.common_args(forced, "cuda", tmp_path)["bf16"] is False
+    assert training.common_args(forced, "cuda", tmp_path)["report_to"] == ["tensorboard"]
 
 
 def test_unknown_extra_key_names_the_field(tmp_path):
@@ -103,9 +104,9 @@ def test_inputs_hash_tracks_what_changes_the_result(tmp_path):
 def test_start_model_is_base_model_or_sft_output(tmp_path):
     cfg = study(tmp_path, base_model="my-org/sft-model")
     rd = RunDir(cfg.run_path)
-    assert train.start_model_spec(cfg, rd).path == "my-org/sft-model"
+    assert lineage.start_model_spec(cfg, rd).path == "my-org/sft-model"
     sft = study(tmp_path, sft={"enabled": True, "dataset": "x.jsonl"})
-    assert train.start_model_spec(sft, rd).path == str(train.trained_model_dir(rd, "sft").resolve())
+    assert lineage.start_model_spec(sft, rd).path == str(lineage.trained_model_dir(rd, "sft").resolve())
 
 
 # --------------------------------------------------------------------------- metrics log
@@ -116,7 +117,7 @@ class _State:
 
 def test_metrics_log_appends_and_dedupes_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    log = train.MetricsLog(path, resume_step=None)
+    log = training.MetricsLog(path, resume_step=None)
     for s in (1, 2, 3):
         log.on_log(None, _State(s), None, logs={"loss": 0.7 - s / 10, "rewards/margins": s / 10, "learning_rate": 1e-3})
     log.on_log(None, _State(3), None, logs={"loss": 0.1})  # same step again: ignored
@@ -127,7 +128,7 @@ def test_metrics_log_appends_and_dedupes_on_resume(tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3] and lines[0]["epoch"] == 0.25
 
     # Resume from checkpoint-2: step 3 (logged after it) is dropped and re-logged once.
-    log2 = train.MetricsLog(path, resume_step=2)
+    log2 = training.MetricsLog(path, resume_step=2)
     log2.on_log(None, _State(2), None, logs={"loss": 9.9})
     log2.on_log(None, _State(3), None, logs={"loss": 0.35})
     recs = [json.loads(x) for x in path.read_text().splitlines()]
@@ -179,13 +180,13 @@ def test_run_without_pairs_files_is_a_data_error(tmp_path):
 
 def test_plain_chat_template_renders_prompt_as_prefix(tok):
     t = tok.__class__.from_pretrained(tok.name_or_path)
-    t.chat_template = train.plain_chat_template("Question: {prompt}\nAnswer:")
+    t.chat_template = chat.plain_chat_template("Question: {prompt}\nAnswer:")
     prompt = [{"role": "user", "content": "Why?"}]
     p = t.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full = t.apply_chat_template(prompt + [{"role": "assistant", "content": " Because."}], tokenize=False)
     assert p == "Question: Why?\nAnswer:" and full == p + " Because." + t.eos_token
     with pytest.raises(ConfigError, match="plain_template"):
-        train.plain_chat_template("no placeholder")
+        chat.plain_chat_template("no placeholder")
 
 
 # --------------------------------------------------------------------------- accelerate
@@ -204,11 +205,11 @@ def test_shipped_accelerate_configs_are_valid(name, dist, zero):
 def test_accelerate_command(tmp_path):
     cfg = study(tmp_path, launcher="accelerate", accelerate_config="configs/accelerate/zero3.yaml", num_processes=4)
     rd = RunDir(cfg.run_path)
-    cmd = train.accelerate_command(cfg, rd, "a", tmp_path / "c.yaml")
+    cmd = training.accelerate_command(cfg, rd, "a", tmp_path / "c.yaml")
     i = cmd.index("--config_file")
     assert Path(cmd[i + 1]) == (ACCEL / "zero3.yaml").resolve()
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[-6:] == ["-m", "synthpref.stages.train_worker", str(rd.root), "a", "--config", str(tmp_path / "c.yaml")]
-    assert train.resolve_accelerate_config("ddp") == (ACCEL / "ddp.yaml").resolve()
+    assert training.resolve_accelerate_config("ddp") == (ACCEL / "ddp.yaml").resolve()
     with pytest.raises(ConfigError, match=r"train\.accelerate_config: 'zero4' not found \(did you mean 'zero"):
-        train.resolve_accelerate_config("zero4")
+        training.resolve_accelerate_config("zero4")

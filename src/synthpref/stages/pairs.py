@@ -23,109 +23,35 @@ from dataclasses import dataclass, field
 
 from ..standins import footnote, setting_label, setting_stand_ins
 from ..config import PairSpec, StudyConfig
-from ..errors import ConfigError, DataError, did_you_mean
+from ..settings import HUMAN_SOURCES, MODEL_KINDS, ROLES, available_settings, expand_sources, pairs_path, resolve_settings
+from ..errors import ConfigError, DataError, SynthprefError, did_you_mean
 from .prompts import read_prompts
 from ..rundir import RunDir, hash_obj, retire_unlisted, stable_id, write_json, write_jsonl, write_text
 from ..tables import load_responses, load_scores
+from . import Checks
 
+# --------------------------------------------------------------------------- stage protocol
+CONFIG = ("pairs", "score", "seed", "replicate_seed")
+READS = ("prompts", "generate", "score")
+WRITES = ("pairs",)
 VERSION = 1
-ROLES = ("self", "stronger", "peers", "gpt4o")
-HUMAN_SOURCES = ("human_chosen", "human_rejected")
-MODEL_KINDS = ("greedy", "sample")
-_ALL_RM = ["self", "peers", "stronger", "gpt4o"]
 
-PRESETS: dict[str, PairSpec] = {
-    "original": PairSpec(
-        chosen=["human_chosen"], rejected=["human_rejected"], rule="fixed",
-        description="Original Dataset: human-labelled chosen vs human-labelled rejected"),
-    "hc_self": PairSpec(
-        chosen=["human_chosen"], rejected=["self"], rejected_kind="greedy", rule="fixed",
-        description="HC+Self: human-labelled chosen vs the target's own greedy response"),
-    "gpt4o_self": PairSpec(
-        chosen=["gpt4o"], rejected=["self"], chosen_kind="greedy", rejected_kind="greedy", rule="fixed",
-        description="GPT4o+Self: GPT-4o's greedy response vs the target's greedy response"),
-    "stronger_self": PairSpec(
-        chosen=["stronger"], rejected=["self"], chosen_kind="greedy", rejected_kind="greedy", rule="fixed",
-        description="Stronger+Self: a larger same-family model's greedy response vs the target's greedy response"),
-    "peer_rm": PairSpec(
-        chosen=["peers"], rejected=["peers"], rule="best_worst",
-        description="Peer+RM: best and worst by reward over the peer models' responses"),
-    "all_rm": PairSpec(
-        chosen=list(_ALL_RM), rejected=list(_ALL_RM), rule="best_worst",
-        description="All+RM: best and worst by reward over self + peers + stronger + GPT-4o responses"),
-    "self_rm": PairSpec(
-        chosen=["self"], rejected=["self"], chosen_kind="sample", rejected_kind="sample", rule="best_worst",
-        description="Self+RM: best and worst by reward of the target's own N samples (paper: N=5)"),
-}
+
+def check(cfg: StudyConfig, checks: Checks) -> None:
+    """Every requested setting is known and names sources the study has."""
+    try:
+        resolve_settings(cfg)
+    except SynthprefError as e:
+        checks.error(str(e))  # the message already names pairs.settings or the setting
+
+
+def estimate(cfg: StudyConfig, plan) -> list[tuple]:
+    return [(f"{len(cfg.pairs.settings)} settings", "-", 0.0, 0.0, "")]
+
 
 # Why a prompt got no pair (counted in stats.json, listed in pairs/drops/<setting>.jsonl).
 DROP_REASONS = ("no_chosen_responses", "no_rejected_responses", "missing_score", "margin_below_min",
                 "no_positive_margin", "identical_texts")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-# --------------------------------------------------------------------------- settings
-def available_settings(cfg: StudyConfig) -> dict[str, PairSpec]:
-    """Presets, overridden or extended by `pairs.custom`."""
-    return {**PRESETS, **cfg.pairs.custom}
-
-
-def resolve_settings(cfg: StudyConfig) -> dict[str, PairSpec]:
-    """The settings `pairs.settings` asks for, in that order, with every source name checked."""
-    known = available_settings(cfg)
-    out: dict[str, PairSpec] = {}
-    for name in cfg.pairs.settings:
-        if name == "sft":
-            raise ConfigError("pairs.settings: 'sft' is the untrained baseline, not a pair setting; remove it "
-                              "(evaluate.models includes 'sft' by default)")
-        if name not in known:
-            raise ConfigError(f"pairs.settings: unknown setting '{name}'{did_you_mean(name, known)}; "
-                              "define it under pairs.custom")
-        if not _NAME_RE.match(name):
-            raise ConfigError(f"pairs.settings: '{name}' is not a valid setting name (letters, digits, _ . -)")
-        spec = known[name]
-        for side in ("chosen", "rejected"):
-            for src in getattr(spec, side):
-                _check_source(cfg, name, side, src)
-        out[name] = spec
-    return out
-
-
-def _check_source(cfg: StudyConfig, setting: str, side: str, src: str) -> None:
-    valid = [*cfg.models, *ROLES, *HUMAN_SOURCES]
-    if src not in valid:
-        raise ConfigError(f"pairs setting '{setting}': {side} source '{src}' is not a model, role or human "
-                          f"source{did_you_mean(src, valid)}")
-    if src in ROLES and not cfg.role_members(src):
-        # Caught here, not after hours of generation: the setting would have no pairs.
-        raise ConfigError(f"pairs setting '{setting}': {side} source is role '{src}', but roles.{src} is empty; "
-                          f"add a model to roles.{src} or drop '{setting}' from pairs.settings")
-
-
-def expand_sources(cfg: StudyConfig, sources: list[str]) -> tuple[set[str], set[str]]:
-    """(model names, human kinds) a list of source names stands for. Roles expand to their members."""
-    models, human = set(), set()
-    for src in sources:
-        if src in HUMAN_SOURCES:
-            human.add(src)
-        elif src in ROLES:
-            models.update(cfg.role_members(src))
-        else:
-            models.add(src)
-    return models, human
-
-
-def models_needed(cfg: StudyConfig) -> list[str]:
-    """Models whose responses the requested settings use (the default `generate.sources`)."""
-    need: set[str] = set()
-    for spec in resolve_settings(cfg).values():
-        need |= expand_sources(cfg, spec.chosen + spec.rejected)[0]
-    return sorted(need)
-
-
-def pairs_path(rd: RunDir, setting: str):
-    return rd.path("pairs", f"{setting}.jsonl")
 
 
 # --------------------------------------------------------------------------- selection
@@ -156,86 +82,136 @@ def _score(r: dict) -> float | None:
     return r.get("_score")
 
 
+@dataclass(frozen=True)
+class Rules:
+    """How equal rewards and equal texts are handled (pairs.tie_break, pairs.identical).
+
+    `order`: the sources of the setting in pool order (a role stands for its members in roles
+    order); with tie_break 'first', a tie goes to the response listed first - source order,
+    greedy before samples, then sample index - as np.argmax / np.argmin return the first index
+    of the authors' list of 5 samples (generate.py:188-189)."""
+
+    tie_break: str = "first"
+    identical: str = "keep"
+    order: tuple[str, ...] = ()
+
+
+def _position(r: dict, rules: Rules) -> tuple:
+    if rules.tie_break == "id":
+        return (r["response_id"],)
+    src = r["kind"] if r["kind"] in HUMAN_SOURCES else r.get("model")
+    at = rules.order.index(src) if src in rules.order else len(rules.order)
+    return (at, r["kind"] != "greedy", r.get("sample_index") or 0, r["response_id"])
+
+
 def _fixed_pick(pool: list[dict]) -> dict:
     """A side's single response: greedy first, else the lowest sample_index; then by id."""
     return min(pool, key=lambda r: (r["kind"] != "greedy", r.get("sample_index") or 0, r.get("model") or "",
                                     r["response_id"]))
 
 
-def _best(pool: list[dict]) -> dict:
-    return min(pool, key=lambda r: (-_score(r), r["response_id"]))
+def _best(pool: list[dict], rules: Rules = Rules("id")) -> dict:
+    return min(pool, key=lambda r: (-_score(r), *_position(r, rules)))
 
 
-def _worst(pool: list[dict]) -> dict:
-    return min(pool, key=lambda r: (_score(r), r["response_id"]))
+def _worst(pool: list[dict], rules: Rules = Rules("id")) -> dict:
+    return min(pool, key=lambda r: (_score(r), *_position(r, rules)))
 
 
 def _scored(pool: list[dict]) -> list[dict]:
     return [r for r in pool if _score(r) is not None]
 
 
-def select(spec: PairSpec, chosen_pool: list[dict], rejected_pool: list[dict], rng_seed: int) -> Decision:
+def _missing(cs: list[dict], rs: list[dict]) -> Decision:
+    return Decision(reason="missing_score", detail=f"{len(cs)} chosen / {len(rs)} rejected responses scored")
+
+
+def _pick_fixed(cp: list[dict], rp: list[dict], same_pool: bool, seed: int, rules: Rules):
+    c, r = _fixed_pick(cp), _fixed_pick(rp)
+    if same_pool and c is r:
+        # One pool on both sides with a fixed rule: the side's next response is the rejected one.
+        rest = [x for x in rp if x is not c]
+        if not rest:
+            return Decision(reason="no_rejected_responses", detail="pool has a single response")
+        r = _fixed_pick(rest)
+    return c, r
+
+
+def _pick_random(cp: list[dict], rp: list[dict], same_pool: bool, seed: int, rules: Rules):
+    rng = random.Random(seed)
+    c = rng.choice(cp)
+    rest = [x for x in rp if x["response_id"] != c["response_id"]]
+    if not rest:
+        return Decision(reason="no_rejected_responses", detail="pool has a single response")
+    return c, rng.choice(rest)
+
+
+def _pick_best_worst(cp: list[dict], rp: list[dict], same_pool: bool, seed: int, rules: Rules):
+    cs, rs = _scored(cp), _scored(rp)
+    if not cs or not rs:
+        return _missing(cs, rs)
+    c = _best(cs, rules)
+    if not same_pool:
+        return c, _worst(rs, rules)
+    # One pool needs two responses (the authors skip a prompt with fewer than 2, generate.py:187).
+    if len(rs) < 2:
+        return Decision(reason="no_rejected_responses", detail="pool has a single scored response")
+    # identical 'keep': argmin over the whole pool, as the authors (equal rewards give the same
+    # response on both sides); 'drop': the worst among the others, so the sides differ.
+    return c, _worst(rs if rules.identical == "keep" else [x for x in rs if x is not c], rules)
+
+
+def _pick_length_matched(cp: list[dict], rp: list[dict], same_pool: bool, seed: int, rules: Rules):
+    cs, rs = _scored(cp), _scored(rp)
+    if not cs or not rs:
+        return _missing(cs, rs)
+    cands = [(abs(len(a["text"]) - len(b["text"])), -(_score(a) - _score(b)), a["response_id"], b["response_id"], a, b)
+             for a in cs for b in rs if a["response_id"] != b["response_id"] and _score(a) > _score(b)]
+    if not cands:
+        return Decision(reason="no_positive_margin", detail="no candidate pair has chosen reward > rejected reward")
+    *_, c, r = min(cands, key=lambda t: t[:4])
+    return c, r
+
+
+_PICKERS = {"fixed": _pick_fixed, "random": _pick_random, "best_worst": _pick_best_worst,
+            "max_min_margin": _pick_best_worst, "length_matched": _pick_length_matched}
+
+
+def select(spec: PairSpec, chosen_pool: list[dict], rejected_pool: list[dict], rng_seed: int,
+           rules: Rules = Rules()) -> Decision:
     """Pick one (chosen, rejected) from the two pools by `spec.rule`; a Decision with a reason if none."""
     if not chosen_pool:
         return Decision(reason="no_chosen_responses")
     if not rejected_pool:
         return Decision(reason="no_rejected_responses")
+    if spec.rule not in _PICKERS:  # pragma: no cover - the config's Literal forbids it
+        raise ConfigError(f"unknown pair rule '{spec.rule}'")
     same_pool = {r["response_id"] for r in chosen_pool} == {r["response_id"] for r in rejected_pool}
-    rule = spec.rule
-    needs_scores = rule in ("best_worst", "max_min_margin", "length_matched") or spec.rm_swap or spec.min_margin > 0
+    picked = _PICKERS[spec.rule](chosen_pool, rejected_pool, same_pool, rng_seed, rules)
+    return picked if isinstance(picked, Decision) else _settle(spec, *picked, rules)
 
-    if rule == "fixed":
-        c, r = _fixed_pick(chosen_pool), _fixed_pick(rejected_pool)
-        if same_pool and c is r:
-            # One pool on both sides with a fixed rule: the side's next response is the rejected one.
-            rest = [x for x in rejected_pool if x is not c]
-            if not rest:
-                return Decision(reason="no_rejected_responses", detail="pool has a single response")
-            r = _fixed_pick(rest)
-    elif rule == "random":
-        rng = random.Random(rng_seed)
-        c = rng.choice(chosen_pool)
-        rest = [x for x in rejected_pool if x["response_id"] != c["response_id"]]
-        if not rest:
-            return Decision(reason="no_rejected_responses", detail="pool has a single response")
-        r = rng.choice(rest)
-    elif rule in ("best_worst", "max_min_margin"):
-        cs, rs = _scored(chosen_pool), _scored(rejected_pool)
-        if not cs or not rs:
-            return Decision(reason="missing_score", detail=f"{len(cs)} chosen / {len(rs)} rejected responses scored")
-        c = _best(cs)
-        if same_pool:
-            # One pool: best and worst of the union; the worst is taken among the others so a
-            # pool of equal rewards still yields two distinct responses.
-            rest = [x for x in rs if x is not c]
-            if not rest:
-                return Decision(reason="no_rejected_responses", detail="pool has a single scored response")
-            r = _worst(rest)
-        else:
-            r = _worst(rs)
-    elif rule == "length_matched":
-        cs, rs = _scored(chosen_pool), _scored(rejected_pool)
-        if not cs or not rs:
-            return Decision(reason="missing_score", detail=f"{len(cs)} chosen / {len(rs)} rejected responses scored")
-        cands = [(abs(len(a["text"]) - len(b["text"])), -(_score(a) - _score(b)), a["response_id"], b["response_id"], a, b)
-                 for a in cs for b in rs if a["response_id"] != b["response_id"] and _score(a) > _score(b)]
-        if not cands:
-            return Decision(reason="no_positive_margin", detail="no candidate pair has chosen reward > rejected reward")
-        *_, c, r = min(cands, key=lambda t: t[:4])
-    else:  # pragma: no cover - the config's Literal forbids it
-        raise ConfigError(f"unknown pair rule '{rule}'")
 
+def _settle(spec: PairSpec, c: dict, r: dict, rules: Rules) -> Decision:
+    """The picked pair after the optional RM swap, the margin floor and the identical-text rule."""
     swapped = False
-    if needs_scores:
+    if spec.rule in ("best_worst", "max_min_margin", "length_matched") or spec.rm_swap or spec.min_margin > 0:
         if _score(c) is None or _score(r) is None:
             return Decision(reason="missing_score", detail=f"{c['response_id'] if _score(c) is None else r['response_id']}")
         if spec.rm_swap and _score(c) < _score(r):
             c, r, swapped = r, c, True
         if spec.min_margin > 0 and _score(c) - _score(r) < spec.min_margin:
             return Decision(reason="margin_below_min", detail=f"{_score(c) - _score(r):.4g} < {spec.min_margin:g}")
-    if c["text"].strip() == r["text"].strip():
+    if rules.identical == "drop" and c["text"].strip() == r["text"].strip():
         return Decision(reason="identical_texts", detail=f"{c['response_id']} == {r['response_id']}")
     return Decision(chosen=c, rejected=r, swapped=swapped)
+
+
+def source_order(cfg: StudyConfig, sources: list[str]) -> tuple[str, ...]:
+    """Sources in the order a setting lists them, roles expanded to their members."""
+    out: list[str] = []
+    for src in sources:
+        out += cfg.role_members(src) if src in ROLES else [src]
+    return tuple(dict.fromkeys(out))
 
 
 def _pair_record(setting: str, prompt: dict, d: Decision) -> dict:
@@ -272,10 +248,11 @@ def build_pairs(cfg: StudyConfig, setting: str, spec: PairSpec, prompts: list[di
                 pools: dict[str, Pools]) -> tuple[list[dict], list[dict]]:
     """(pair records sorted by prompt_id, drop records) for one setting."""
     pairs, drops = [], []
+    rules = Rules(cfg.pairs.tie_break, cfg.pairs.identical, source_order(cfg, spec.chosen + spec.rejected))
     for p in sorted(prompts, key=lambda p: p["prompt_id"]):
         pool = pools.get(p["prompt_id"], Pools())
         d = select(spec, pool.side(cfg, spec.chosen, spec.chosen_kind),
-                   pool.side(cfg, spec.rejected, spec.rejected_kind), _rng_seed(cfg.seed, p["prompt_id"]))
+                   pool.side(cfg, spec.rejected, spec.rejected_kind), _rng_seed(cfg.replicate, p["prompt_id"]), rules)
         if d.reason:
             drops.append({"setting": setting, "prompt_id": p["prompt_id"], "reason": d.reason, "detail": d.detail})
         else:
@@ -328,7 +305,7 @@ def dataset_card(cfg: StudyConfig, specs: dict[str, PairSpec], stats: dict) -> s
         "conversational preference format (`prompt`, `chosen`, `rejected` message lists) with provenance",
         "columns (`chosen_model`, `chosen_response_id`, `chosen_score`, `margin`, seeds, ...).", "",
         f"Target model: `{cfg.target}` ({cfg.models[cfg.target].path}); reward scorer: `{cfg.score.reward}`; "
-        f"seed {cfg.seed}.", "",
+        f"seed {cfg.replicate}.", "",
         "| setting | chosen | rejected | rule | pairs | dropped | chosen chars (median) | rejected chars (median) | margin (mean) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -381,13 +358,16 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     out = rd.stage("pairs")
     prompts = read_prompts(rd, "train")
     pools, unscored = _load_pools(rd, cfg.score.reward)
-    stats: dict = {"version": VERSION, "seed": cfg.seed, "reward": cfg.score.reward,
+    stats: dict = {"version": VERSION, "seed": cfg.replicate, "reward": cfg.score.reward,
                    "unscored_responses": unscored, "settings": {}}
     for name, spec in specs.items():
         pairs, drops = build_pairs(cfg, name, spec, prompts, pools)
         write_jsonl(pairs_path(rd, name), pairs)
         write_jsonl(out / "drops" / f"{name}.jsonl", drops)
         stats["settings"][name] = setting_stats(spec, len(prompts), pairs, drops)
+        if cfg.pairs.identical == "keep":  # the authors keep them; say how many
+            stats["settings"][name]["identical_kept"] = sum(
+                p["chosen"][0]["content"].strip() == p["rejected"][0]["content"].strip() for p in pairs)
         stats["settings"][name]["spec_hash"] = hash_obj(spec.model_dump(mode="json"))[:16]
         stats["settings"][name]["stand_ins"] = setting_stand_ins(cfg, name)
     from ..agreement import reward_agreement

@@ -15,11 +15,13 @@ families, each probed separately:
                 TF-IDF word n-grams (vectoriser fit inside each training fold);
 * ``length``    character and word counts alone.
 
-Each pair gives two examples (chosen = 1, rejected = 0). Folds are grouped by prompt_id
-(sklearn GroupKFold), so the two sides of a pair are never split across train and test. The
-95% interval is Wilson's score interval (Wilson 1927; recommended by Brown, Cai & DasGupta 2001)
-on the pooled out-of-fold accuracy, with n = number of pairs: the two examples of a pair share a
-prompt and are not independent, so counting pairs rather than examples keeps the interval honest.
+Each pair gives two examples (chosen = 1, rejected = 0). Folds are grouped by prompt (sklearn
+GroupKFold; the repeats of a prompt that prompts.dedup: false keeps are one group), so the two
+sides of a pair, or two pairs of one prompt, are never split across train and test. The 95%
+interval is Wilson's score interval (Wilson 1927; recommended by Brown, Cai & DasGupta 2001) on the
+pooled out-of-fold accuracy, with n = number of prompts (= pairs without repeats): the two
+examples of a pair share a prompt and are not independent, so counting groups rather than
+examples keeps the interval honest.
 ``pair_accuracy`` is the fraction of pairs whose chosen side gets the higher out-of-fold
 probability (a ranking view that DPO's pairwise loss mirrors).
 
@@ -45,12 +47,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..config import ModelSpec, StudyConfig
+from ..data import base_prompt_id
 from ..errors import ConfigError, DataError
-from ..rundir import RunDir, atomic_open, hash_obj, read_jsonl, stable_id, write_json
+from ..rundir import RunDir, atomic_open, donor_file, hash_obj, read_jsonl, stable_id, write_json
 from ..backends.scoring.keywords import GCG_REFUSAL_PREFIXES
 from ..figures import save_png
 from ..stats import wilson_bounds
 
+# --------------------------------------------------------------------------- stage protocol
+CONFIG = ("probe", "replicate_seed")
+READS = ("pairs", "sft")
+WRITES = ("probe",)
 VERSION = 3  # results.json: settings[<s>]["hidden"] is the fixed-layer figure (no max over layers)
 FEATURES_VERSION = 2  # what the cached features depend on; unchanged, so caches carry over
 Z95 = 1.959963984540054
@@ -172,7 +179,11 @@ class FeatureCache:
         self.dir = Path(root) / stable_id("features", identity)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data: dict[str, dict[str, np.ndarray]] = {}
-        for f in sorted(self.dir.glob("shard-*.npz")):
+        shards = sorted(self.dir.glob("shard-*.npz"))
+        shared = donor_file(self.dir)  # a `seeds` replicate also reads the first run's features of this identity
+        if shared is not None and shared.is_dir():
+            shards = sorted(shared.glob("shard-*.npz")) + shards
+        for f in shards:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {n: z[n] for n in z.files}
             for i, k in enumerate(arrays.pop("__keys__").tolist()):
@@ -295,7 +306,7 @@ def examples(recs: list[dict]) -> dict:
             prompts.append(p)
             responses.append(t)
             y.append(lab)
-            groups.append(r["prompt_id"])
+            groups.append(base_prompt_id(r["prompt_id"]))  # a repeated prompt stays in one fold
     return {"prompts": prompts, "responses": responses, "y": np.asarray(y), "groups": groups}
 
 
@@ -312,7 +323,7 @@ def _hidden_cache(cfg: StudyConfig, rd: RunDir, items: dict[str, tuple[str, str]
                   device: str) -> tuple[FeatureCache, list[int], int]:
     from .. import models
 
-    from .sft import policy_ref, policy_spec
+    from ..lineage import policy_ref, policy_spec
 
     spec = policy_spec(cfg, rd, cfg.target)  # the SFT model when SFT is enabled: the one DPO trains
     tok = models.load_tokenizer(spec)
@@ -394,11 +405,11 @@ def plot_layers(rows: list[dict], path: Path, reported: int | None = None, repor
 
 def _load_settings(cfg: StudyConfig, rd: RunDir) -> tuple[dict[str, dict], dict[str, str]]:
     """(setting -> probe examples, setting -> why it was skipped)."""
-    from .pairs import resolve_settings
+    from ..settings import resolve_settings
 
     data, skipped = {}, {}
     for name in resolve_settings(cfg):
-        recs = _pairs_for(rd, name, cfg.probe.max_pairs, cfg.seed)
+        recs = _pairs_for(rd, name, cfg.probe.max_pairs, cfg.replicate)
         if len(recs) < 2:
             skipped[name] = f"{len(recs)} pair(s); the probe needs at least 2"
             continue
@@ -480,6 +491,14 @@ def _summary(per_setting: dict[str, dict], warnings: list[str]) -> dict:
     if warnings:
         summary["warnings"] = len(warnings)
     return summary
+
+
+def check(cfg: StudyConfig, checks) -> None:
+    """Nothing beyond what the config's own types check."""
+
+
+def estimate(cfg: StudyConfig, plan) -> list[tuple]:
+    return [("on" if cfg.probe.enabled else "off", "forward passes", None, None, "not estimated")]
 
 
 def run(cfg: StudyConfig, rd: RunDir) -> dict:

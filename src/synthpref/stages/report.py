@@ -11,6 +11,8 @@ Wilson intervals), answer classes, over-refusal, general ability with intervals,
 with the per-layer curve, training table, generated responses, preference data, config and
 package versions. Every ASR stands beside its judge's measured agreement with human labels.
 
+Figures: synthpref.figures (the paper's grouping of settings, every plot).
+
 Rendering: each section's markdown comes from a Jinja2 template (synthpref/templates/sections/),
 the page from templates/report.md.j2; report.html is that markdown rendered by markdown-it-py
 (CommonMark plus tables, raw HTML off) inside templates/report.html.j2, with every figure inlined
@@ -26,29 +28,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import answer_classes, per_prompt
 from .. import findings as fnd
 from .. import paper_numbers
 from ..config import StudyConfig, dump_config
-from ..figures import save_png
+from ..figures import (asr_entries, asr_entry, asr_formats, fig_asr, fig_forest, fig_sep_vs_asr, fig_separability,
+                       fig_training, paper_order, set_judge_pairs, setting_group, train_curve)
 from ..rundir import RunDir, atomic_open, read_json, write_text
+from ..stats import wilson_interval
 from ..standins import footnote, setting_label
-
-# How the paper groups the settings on its x-axis: pairs whose two sides come from different
-# sources ("multi-model") vs. pairs the target generates itself.
-MULTI_MODEL = {"original", "hc_self", "gpt4o_self", "stronger_self", "peer_rm", "all_rm"}
-SELF_GENERATED = {"self_rm"}
-PAPER_ORDER = ["sft", "hc_self", "gpt4o_self", "stronger_self", "peer_rm", "all_rm", "original", "self_rm"]
-COLORS = {"baseline": "#888888", "multi-model": "#d95f02", "self-generated": "#1b9e77", "custom": "#7570b3"}
-
-
-def _group(model: str) -> str:
-    if model == "sft":
-        return "baseline"
-    return "self-generated" if model in SELF_GENERATED else "multi-model" if model in MULTI_MODEL else "custom"
-
-
-def _order(models) -> list[str]:
-    return sorted(models, key=lambda m: (PAPER_ORDER.index(m) if m in PAPER_ORDER else len(PAPER_ORDER), m))
 
 
 # --------------------------------------------------------------------------- reading results
@@ -56,54 +44,22 @@ def _load_eval(rd: RunDir) -> dict[str, dict]:
     return {f.parent.name: read_json(f) for f in sorted(rd.path("eval").glob("*/results.json"))}
 
 
-def _asr_entries(res: dict) -> list[dict]:
-    """ASR entries: [{judge, set, format, value, ci_low, ci_high, n, ...}]."""
-    return list(res.get("safety", []))
-
-
-def _curve(rd: RunDir, setting: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of one logged metric (`loss`, `rewards/margins`) from train/<setting>/metrics.jsonl."""
-    f = rd.path("train", setting, "metrics.jsonl")
-    if not f.exists():
-        return []
-    pts = []
-    for line in f.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # metrics.jsonl is appended as training runs; a kill can tear its last line
-        if key in r:
-            pts.append((r.get("step", len(pts)), r[key]))
-    return pts
-
-
-def _combos(evals: dict[str, dict]) -> list[tuple[str, str]]:
-    """Every (eval set, judge) pair present in any model's results, in first-seen order."""
-    return list(dict.fromkeys((e["set"], e["judge"]) for res in evals.values() for e in _asr_entries(res)))
-
-
-def _formats(evals: dict[str, dict]) -> list[str]:
-    return list(dict.fromkeys(e.get("format", "chat") for res in evals.values() for e in _asr_entries(res)))
-
-
-def _entry(res: dict, set_name: str, judge: str, fmt: str) -> dict | None:
-    for e in _asr_entries(res):
-        if e["set"] == set_name and e["judge"] == judge and e.get("format", "chat") == fmt and e["value"] is not None:
-            return e
-    return None
-
-
-def _slug(*parts: str) -> str:
-    return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
-
-
 def _judge_agreement(res: dict, judge: str) -> str:
-    """The judge's measured agreement with human labels on rows it was not fitted on, as
-    'accuracy (set)', or 'not measured'."""
-    a = ((res.get("judges") or {}).get(judge) or {}).get("agreement")
-    if not a or a.get("accuracy") is None:
-        return "not measured"
-    return f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
+    """The judge's measured agreement with human labels on rows it was not fitted on: on another
+    set ('accuracy (set, n)') and, where measured, on the labelled set of the study's own kind of
+    answers, for the verdict its rate counts (harmful substance; the keyword judge: non-refusal)."""
+    card = (res.get("judges") or {}).get(judge) or {}
+    a = card.get("agreement")
+    out = "not measured" if not a or a.get("accuracy") is None else f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
+    own = card.get("own_answers") or {}
+    verdict = "non_refusal" if own.get("kind") == "keywords" else "harmful"
+    v = (own.get("verdicts") or {}).get(verdict)
+    if v and v.get("n"):
+        what = "non-refusal" if verdict == "non_refusal" else "harmful substance"
+        where = "this study's kind" if own.get("in_distribution") else "another model's"
+        out += (f"; {what} on {own['set']} ({where}): {_fig(v)}, annotators {v['human_positive']}, "
+                f"judge {v['judge_positive']}")
+    return out
 
 
 def _reward_line(ra: dict | None) -> str:
@@ -207,159 +163,6 @@ def _tidy(md: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-# --------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _legend_below(fig, handles, labels=None, ncol: int = 4) -> None:
-    """The legend under the axes (figures use constrained layout), never over bars or curves."""
-    if not handles:
-        return
-    kw = {"labels": labels} if labels is not None else {}
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(ncol, len(handles)), fontsize=8,
-               frameon=False, **kw)
-
-
-def _group_patches(models):
-    from matplotlib.patches import Patch
-
-    return [Patch(color=c, label=g) for g, c in COLORS.items() if any(_group(m) == g for m in models)]
-
-
-def _fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str, labels: dict[str, str]) -> Path | None:
-    """ASR per setting for one eval set and judge: one bar per format, 95% Wilson intervals."""
-    plt = _plt()
-    from matplotlib.patches import Patch
-
-    models, formats = _order(evals), _formats(evals)
-    cells = {(m, f): _entry(evals[m], set_name, judge, f) for m in models for f in formats}
-    if not any(cells.values()):
-        return None
-    width = 0.8 / len(formats)
-    fig, ax = plt.subplots(figsize=(max(6.0, len(models) * 0.5 * (1 + len(formats))), 4.4), layout="constrained")
-    for k, f in enumerate(formats):
-        xs = [i + (k - (len(formats) - 1) / 2) * width for i in range(len(models))]
-        es = [cells[(m, f)] for m in models]
-        vals = [e["value"] if e else 0.0 for e in es]
-        err = [[e["value"] - e["ci_low"] if e and e.get("ci_low") is not None else 0 for e in es],
-               [e["ci_high"] - e["value"] if e and e.get("ci_high") is not None else 0 for e in es]]
-        ax.bar(xs, vals, width=width, yerr=err, capsize=3, color=[COLORS[_group(m)] for m in models],
-               alpha=1.0 - 0.6 * k / max(len(formats), 1), edgecolor="black", linewidth=0.3)
-    ax.set_xticks(list(range(len(models))), [labels.get(m, m) for m in models], rotation=30, ha="right")
-    ax.set_ylabel(f"attack success rate ({judge})")
-    ax.set_ylim(0, 1)
-    shades = [Patch(facecolor="#555555", alpha=1.0 - 0.6 * k / len(formats), label=f) for k, f in enumerate(formats)]
-    _legend_below(fig, _group_patches(models) + (shades if len(formats) > 1 else []))
-    ax.set_title(f"Jailbreak ASR on {set_name} per setting (lower is safer; 95% Wilson CI)", fontsize=10)
-    return save_png(fig, out / f"asr_{_slug(set_name, judge)}.png")
-
-
-def _fig_forest(comparisons: list[fnd.Comparison], labels: dict[str, str], judge: str, out: Path) -> Path | None:
-    """ASR(setting) - ASR(sft) with its paired 95% interval, one row per comparison; filled markers
-    where the McNemar test finds a change at the 5% level."""
-    rows = [c for c in comparisons if c.asr["interval"]]
-    if not rows:
-        return None
-    plt = _plt()
-    several = len({(c.set, c.format) for c in rows}) > 1
-    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.34 * len(rows)), layout="constrained")
-    for i, c in enumerate(rows):
-        y = len(rows) - 1 - i
-        d, (lo, hi) = c.asr["difference"], c.asr["interval"]
-        color = COLORS[_group(c.setting)]
-        filled = c.verdict != fnd.NO_CHANGE
-        ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3,
-                    markerfacecolor=color if filled else "white")
-    names = [labels.get(c.setting, c.setting) + (f"  ({c.set} / {c.format})" if several else "") for c in rows]
-    ax.set_yticks(list(range(len(rows))), list(reversed(names)), fontsize=8)
-    ax.axvline(0, color="grey", ls=":", lw=1)
-    ax.set_xlim(-1, 1)
-    ax.set_xlabel(f"ASR(setting) − ASR(sft) under {judge}, 95% paired interval (Newcombe)")
-    ax.set_title("Change in attack success rate vs sft (filled: exact McNemar p < 0.05)", fontsize=10)
-    return save_png(fig, out / "findings_asr_change.png")
-
-
-def _fig_separability(ranking: list[dict], labels: dict[str, str], family: str, out: Path) -> Path | None:
-    """Probe accuracy per setting, highest at the top, with Wilson intervals."""
-    if not ranking:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 1.6 + 0.34 * len(ranking)), layout="constrained")
-    for i, r in enumerate(ranking):
-        y = len(ranking) - 1 - i
-        err = ([[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
-               if r.get("ci_low") is not None else None)
-        ax.barh([y], [r["accuracy"]], xerr=err, capsize=3, color=COLORS[_group(r["setting"])], height=0.6)
-    ax.set_yticks(list(range(len(ranking))), [labels.get(r["setting"], r["setting"]) for r in reversed(ranking)])
-    ax.axvline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"chosen-vs-rejected probe accuracy ({family}; 0.5 = chance)")
-    ax.set_title("Separability ranking (95% Wilson CI over pairs)", fontsize=10)
-    _legend_below(fig, _group_patches([r["setting"] for r in ranking]))
-    return save_png(fig, out / "separability_ranking.png")
-
-
-def _fig_training(rd: RunDir, settings: list[str], out: Path, labels: dict[str, str]) -> Path | None:
-    """Two panels of one figure: DPO loss and reward margin per logged step, one line per setting."""
-    loss = {s: c for s in settings if (c := _curve(rd, s, "loss"))}
-    margin = {s: c for s in settings if (c := _curve(rd, s, "rewards/margins"))}
-    if not loss and not margin:
-        return None
-    plt = _plt()
-    fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
-    lines = {}
-    for ax, curves in ((ax_l, loss), (ax_m, margin)):
-        for s in _order(curves):
-            c = curves[s]
-            # Few settings: the group colours; more: one colour each (a group holds up to six).
-            color = COLORS[_group(s)] if len(curves) < 3 else None
-            (line,) = ax.plot([p[0] for p in c], [p[1] for p in c], color=color,
-                              linestyle="-" if s in SELF_GENERATED else "--", marker="." if len(c) < 20 else None)
-            lines.setdefault(s, line)
-        ax.set_xlabel("training step")
-    ax_l.set_ylabel("DPO loss")
-    ax_l.set_title("Training loss (fast drop = easy pairs)", fontsize=10)
-    ax_m.set_ylabel("reward margin (chosen − rejected)")
-    ax_m.set_title("Reward margin", fontsize=10)
-    order = _order(lines)
-    _legend_below(fig, [lines[s] for s in order], [labels.get(s, s) for s in order])
-    return save_png(fig, out / "training_curves.png")
-
-
-def _fig_sep_vs_asr(sep: dict[str, float], family: str, evals: dict[str, dict], judge: str, out: Path,
-                    labels: dict[str, str]) -> Path | None:
-    """Separability vs ASR for one judge: one marker series per (eval set, format)."""
-    plt = _plt()
-    from matplotlib.lines import Line2D
-
-    series = [(s, f) for s, j in _combos(evals) if j == judge for f in _formats(evals)]
-    markers = "osD^vP*X<>"
-    fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
-    handles = []
-    for k, (set_name, fmt) in enumerate(series):
-        pts = [(s, acc, e["value"]) for s, acc in sep.items() if (e := _entry(evals.get(s, {}), set_name, judge, fmt))]
-        for s, x, y in pts:
-            ax.scatter(x, y, color=COLORS[_group(s)], marker=markers[k % len(markers)])
-            ax.annotate(labels.get(s, s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if pts:
-            handles.append(Line2D([], [], color="#444444", marker=markers[k % len(markers)], linestyle="",
-                                  label=f"{set_name} / {fmt}"))
-    if not handles:
-        plt.close(fig)
-        return None
-    ax.set_xlabel(f"chosen-vs-rejected separability ({family})")
-    ax.set_ylabel(f"ASR ({judge})")
-    ax.set_title(f"Separability vs attack success rate ({judge})", fontsize=10)
-    _legend_below(fig, handles + _group_patches(list(sep)))
-    return save_png(fig, out / f"separability_vs_asr_{_slug(judge)}.png")
-
-
 # --------------------------------------------------------------------------- sections
 @dataclass
 class Section:
@@ -391,46 +194,58 @@ def _2(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _comparison_view(c: fnd.Comparison, label: str, refusals: dict | None = None) -> dict:
+def _test_view(r: dict | None) -> dict | None:
+    """One paired test as text: rates, difference [CI], discordant counts, raw and Holm p, verdict."""
+    if not r or not r["n"]:
+        return None
+    ci = r["interval"]
+    q = r.get("p_adjusted", r["p_value"])
+    return {"rate": _2(r["rate_first"]), "rate_sft": _2(r["rate_second"]), "n": r["n"],
+            "diff": "n/a" if r["difference"] is None else _signed(r["difference"]),
+            "ci": f"[{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "", "only_sft": r["c"], "only_setting": r["b"],
+            "p": _p(r["p_value"]), "p_eq": _p_eq(r["p_value"]), "q": _p(q), "q_eq": _p_eq(q),
+            "verdict": fnd.verdict(r), "rose": fnd.rose(r)}
+
+
+def _comparison_view(c: fnd.Comparison, label: str, refusals: dict | None, measure: str) -> dict:
     """Text for one comparison (n may be 0 when every verdict was excluded); `refusals`: the
-    setting's paired over-refusal rates on the benign prompts, if evaluated."""
-    a, d, o = c.asr, c.degenerate, refusals
-    ci = a["interval"]
-    return {"label": label, "n": a["n"], "asr": _2(a["rate_first"]), "asr_sft": _2(a["rate_second"]),
-            "diff": "n/a" if a["difference"] is None else _signed(a["difference"]),
-            "ci": f"[{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "",
-            "only_sft": a["c"], "only_setting": a["b"], "p": _p(a["p_value"]), "p_eq": _p_eq(a["p_value"]),
-            "verdict": c.verdict,
-            "broken": c.broken, "degenerate_rose": c.degenerate_rose, "n_unpaired": c.n_unpaired,
-            "deg": _2(d["rate_first"]) if d else "", "deg_sft": _2(d["rate_second"]) if d else "",
-            "deg_p": _p(d["p_value"]) if d else "", "deg_p_eq": _p_eq(d["p_value"]) if d else "",
-            "ref": _2(o["rate_first"]) if o else "", "ref_sft": _2(o["rate_second"]) if o else "",
-            "ref_n": o["n"] if o else 0, "ref_p_eq": _p_eq(o["p_value"]) if o else "",
-            "refusals_rose": bool(o and o["p_value"] < fnd.ALPHA and o["difference"] > 0)}
+    setting's paired over-refusal rates on the benign prompts, if evaluated; `measure`: what the
+    primary judge's rate is called."""
+    return {"label": label, "measure": measure, "asr": _test_view(c.asr) or {"n": 0},
+            "refusal": _test_view(c.refusal), "non_refusal": _test_view(c.non_refusal),
+            "deg": _test_view(c.degenerate), "benign": _test_view(refusals),
+            "verdict": c.verdict, "broken": c.broken, "degenerate_rose": c.degenerate_rose,
+            "n_unpaired": c.n_unpaired}
 
 
 def _short_verdict(v: str) -> str:
-    return "no change (p ≥ 0.05)" if v == fnd.NO_CHANGE else v
+    return "no change" if v == fnd.NO_CHANGE else v
 
 
-def _findings_groups(ctx: Context, f: fnd.Findings) -> list[dict]:
+def _test_rows(v: dict, f: fnd.Findings) -> list[list]:
+    """One table row per paired test of one setting: measure, rates, difference, p raw and Holm, verdict."""
+    tests = (("harmful-prompt refusal", v["refusal"], f.refusal_judge[0] if f.refusal_judge else ""),
+             ("non-refusal rate", v["non_refusal"], f.keywords or ""),
+             (v["measure"], v["asr"] if v["asr"].get("p") else None, f.judge or ""),
+             ("degenerate / off-topic share", v["deg"], "trigram rule"),
+             ("benign refusal", v["benign"], f.refusal_judge[0] if f.refusal_judge else ""))
+    return [[v["label"], name, judge, t["n"], f"{t['rate_sft']} → {t['rate']}", f"{t['diff']} {t['ci']}",
+             f"{t['only_sft']} / {t['only_setting']}", t["p"], t["q"], _short_verdict(t["verdict"])]
+            for name, t, judge in tests if t]
+
+
+def _findings_groups(ctx: Context, f: fnd.Findings, measure: str) -> list[dict]:
     groups: dict[tuple[str, str], list[fnd.Comparison]] = {}
     for c in f.comparisons:
         groups.setdefault((c.set, c.format), []).append(c)
     out = []
     for (set_name, fmt), cs in groups.items():
-        cs = [c for s in _order({c.setting for c in cs}) for c in cs if c.setting == s]
-        views = [_comparison_view(c, ctx.label(c.setting), f.over_refusal.get(c.setting)) for c in cs]
-        # The judge's agreement is stated once above the table (one judge for every row).
-        rows = [[v["label"], v["n"], v["asr"], v["asr_sft"], f"{v['diff']} {v['ci']}",
-                 f"{v['only_sft']} / {v['only_setting']}", v["p"],
-                 _short_verdict(v["verdict"]) + (", broken, not safer" if v["broken"] else ""),
-                 f"{v['deg_sft']} → {v['deg']} ({v['deg_p_eq']})" if c.degenerate else "",
-                 f"{v['ref_sft']} → {v['ref']} ({v['ref_p_eq']})" if v["ref_n"] else ""]
-                for v, c in zip(views, cs)]
+        cs = [c for s in paper_order({c.setting for c in cs}) for c in cs if c.setting == s]
+        views = [_comparison_view(c, ctx.label(c.setting), f.over_refusal.get(c.setting), measure) for c in cs]
+        rows = [row for v in views for row in _test_rows(v, f)]
         out.append({"title": f"{set_name} / {fmt}", "comparisons": views, "table": table(
-            ["setting", "prompts", "ASR", "ASR sft", "difference [95% CI]", "harmful only: sft / setting",
-             "McNemar p", "verdict", "degenerate share sft → setting", "benign refusals sft → setting"], rows)})
+            ["setting", "measure", "judge", "prompts", "sft → setting", "difference [95% CI]",
+             "only sft / only setting", "p (raw)", "p (Holm)", "verdict"], rows)})
     return out
 
 
@@ -439,15 +254,15 @@ def _paper(setting: str) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
-def _orientation(ctx: Context, judge: str) -> dict | None:
-    cols = [(s, fmt) for s, j in _combos(ctx.evals) if j == judge for fmt in _formats(ctx.evals)
-            if any(_entry(r, s, judge, fmt) for r in ctx.evals.values())]
-    models = _order(ctx.evals)
+def _orientation(ctx: Context, judge: str, measure: str = "ASR") -> dict | None:
+    cols = [(s, fmt) for s, j in set_judge_pairs(ctx.evals) if j == judge for fmt in asr_formats(ctx.evals)
+            if any(asr_entry(r, s, judge, fmt) for r in ctx.evals.values())]
+    models = paper_order(ctx.evals)
     if not cols or not models:
         return None
-    rows = [[ctx.label(m), *[_rate(_entry(ctx.evals[m], s, judge, fmt)) for s, fmt in cols],
+    rows = [[ctx.label(m), *[_rate(asr_entry(ctx.evals[m], s, judge, fmt)) for s, fmt in cols],
              _judge_agreement(ctx.evals[m], judge), _paper(m)] for m in models]
-    return table(["setting", *[f"ASR {s} / {fmt}" for s, fmt in cols], "judge agreement (held out)",
+    return table(["setting", *[f"{measure} {s} / {fmt}" for s, fmt in cols], "judge agreement (held out)",
                   paper_numbers.COLUMN], rows)
 
 
@@ -465,28 +280,167 @@ def _separability_view(ctx: Context, f: fnd.Findings) -> tuple[dict | None, Path
     ranking, family, notes = fnd.separability_ranking(probe)
     if not ranking and not notes:
         return None, None
-    fig = _fig_separability(ranking, ctx.labels, family, ctx.out) if ranking else None
-    first = (f.comparisons[0].set, f.comparisons[0].format) if f.comparisons else None
-    change = {c.setting: f"{_signed(c.asr['difference'])} ({c.verdict})"
-              for c in f.comparisons if (c.set, c.format) == first and c.asr["difference"] is not None}
-    rows = [[i + 1, ctx.label(r["setting"]), _group(r["setting"]), _acc(r), r["feature"], r["n_pairs"],
-             change.get(r["setting"], "")] for i, r in enumerate(ranking)]
+    fig = fig_separability(ranking, ctx.labels, family, ctx.out) if ranking else None
+    first = next(iter(f.selective), None)
+    sel = f.selective.get(first, {}) if first else {}
+    rows = [[i + 1, ctx.label(r["setting"]), setting_group(r["setting"]), _acc(r), r["feature"], r["n_pairs"],
+             _sel(sel.get(r["setting"]))] for i, r in enumerate(ranking)]
     header = ["rank", "setting", "group", "probe accuracy [95% CI]", "feature", "pairs",
-              f"ASR change vs sft ({first[0]} / {first[1]})" if first else "ASR change vs sft"]
+              f"selective refusal ({first})" if first else "selective refusal"]
     return {"table": table(header, rows), "family": family or "no figure", "rule": _ranking_rule(probe, family),
             "notes": notes, "figure": fig.name if fig else None}, fig
 
 
+def _sel(x: dict | None) -> str:
+    """'0.31 [0.12, 0.47]' for a selective refusal, '' when there is none."""
+    if not x or x.get("value") is None:
+        return ""
+    return f"{_signed(x['value'])} [{_signed(x['interval'][0])}, {_signed(x['interval'][1])}]"
+
+
+def _prop(r: dict) -> str:
+    lo, hi = r["interval"] or (None, None)
+    return f"{r['value']:.2f} [{lo:.2f}, {hi:.2f}] ({r['k']}/{r['n']})" if lo is not None else "n/a"
+
+
+def _selective_view(ctx: Context, f: fnd.Findings) -> tuple[list[dict], list[Path]]:
+    """Per eval set / format: settings ranked by selective refusal (highest first), and the
+    side-by-side figure of harmful-prompt vs benign refusal."""
+    from ..figures import fig_refusal
+
+    out, figs = [], []
+    for name, per_model in f.selective.items():
+        ranked = sorted((m for m in per_model if per_model[m]["value"] is not None),
+                        key=lambda m: (-per_model[m]["value"], paper_order(per_model).index(m)))
+        kw = f.selective_cross.get(name, {})
+        rows = [[i + 1, ctx.label(m), setting_group(m), _prop(per_model[m]["harmful"]),
+                 _prop(per_model[m]["benign"]), _sel(per_model[m])] + ([_sel(kw.get(m))] if kw else [])
+                for i, m in enumerate(ranked)]
+        fig = fig_refusal(per_model, ctx.labels, ctx.out, name.replace("/", " / "))
+        figs += [fig] if fig else []
+        header = ["rank", "setting", "group", "refuses harmful prompts [95% CI] (k/n)",
+                  "refuses benign prompts [95% CI] (k/n)", "selective refusal [95% CI]"]
+        out.append({"title": name.replace("/", " / "), "figure": fig.name if fig else None,
+                    "table": table(header + ([f"cross-check: selective refusal, `{f.cross_judge[0]}` verdict"]
+                                             if kw else []), rows),
+                    "agree": _verdict_agreement(ctx, f, name, ranked) if kw else ""})
+    return out, figs
+
+
+def _verdict_agreement(ctx: Context, f: fnd.Findings, name: str, models: list[str]) -> str:
+    """How often the leading refusal verdict and the cross-check verdict agree on this run's
+    harmful-prompt answers, per model (no human labels: the labelled set's figures say which to trust)."""
+    lead, cross = f.refusal_judge, f.cross_judge
+    parts = []
+    for m in models:
+        rows = [s for s in fnd.load_samples(ctx.rd, m) or [] if f"{s.get('set')}/{s.get('format')}" == name]
+        pairs = [(answer_classes.refused(s, *lead), answer_classes.refused(s, *cross)) for s in rows]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        parts.append(f"{ctx.label(m)} {sum(a == b for a, b in pairs)}/{len(pairs)} "
+                     f"(refusals only by `{lead[0]}`: {sum(1 for a, b in pairs if a and not b)}, "
+                     f"only by `{cross[0]}`: {sum(1 for a, b in pairs if b and not a)})")
+    return (f"Cross-check on this run's own harmful-prompt answers: the refusal verdict (`{lead[0]}`) and "
+            f"`{cross[0]}`'s agree on " + "; ".join(parts) + ".")
+
+
+def _refusal_agreement_line(ctx: Context, f: fnd.Findings) -> str:
+    """The refusal verdict: how it was chosen, its agreement on the labelled set of this study's own
+    kind of answers (where one applies) and on PyRIT's refusal labels, each with its Wilson interval."""
+    from ..agreement import refusal_agreement
+
+    if not f.refusal_judge:
+        return ""
+    name, kind = f.refusal_judge
+    a = next((r["answer_classes"].get("agreement") for r in ctx.evals.values()
+              if (r.get("answer_classes") or {}).get("agreement")), None)
+    if a is None or a.get("rules") != answer_classes.RULES_VERSION or a.get("judge", name) != name:
+        a = refusal_agreement(ctx.cfg, name, cached_only=True) if kind in ("harm_head", "keywords") else None
+    head = (f"Refusal verdict: `{name}` ({kind}) under the answer rules `{answer_classes.RULES_VERSION}` (an answer that "
+            f"picks one of the question's options, or a degenerate one, is not a refusal). {f.refusal_why}")
+    own = _own_refusal(ctx, f)
+    if not a:
+        return " ".join([head, own, f"On PyRIT's refusal labels: not measured in this run (`synthpref agreement "
+                                    f"<config> --judge {name} --set pyrit-refusal --verdict refusal`)."])
+    return " ".join([head, own, f"On PyRIT's refusal labels (answers of larger models, rows it was not fitted on): "
+                                f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (95% Wilson; Cohen's kappa "
+                                f"{a['kappa']:.2f}; n = {a['n']}; {a['how']})."])
+
+
+def _fig(v: dict) -> str:
+    """'0.84 [0.79, 0.88] (252/300, kappa 0.45)' for one verdict's agreement on the labelled set."""
+    kappa = "" if v.get("kappa") is None else f", kappa {v['kappa']:.2f}"
+    return f"{v['accuracy']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] ({v['k']}/{v['n']}{kappa})"
+
+
+def _own_refusal(ctx: Context, f: fnd.Findings) -> str:
+    """The refusal verdicts' agreement with the annotators' refusal labels of the labelled set, the
+    leading one first, with how many refusals the humans and the verdict found."""
+    parts = []
+    for name, kind in [j for j in (f.refusal_judge, f.cross_judge) if j]:
+        a = fnd.own_answers(ctx.evals, name)
+        v = (a or {}).get("verdicts", {})
+        if not v.get("refusal_harmful"):
+            continue
+        h = v["refusal_harmful"]
+        parts.append(f"`{name}` **{_fig(v['refusal'])}** on all its rows; on the harmful-prompt answers "
+                     f"{_fig(h)}, finding {h['judge_positive']} refusals where the annotators found "
+                     f"{h['human_positive']}; on the benign answers {_fig(v['refusal_benign'])}"
+                     f"{'' if v['refusal']['validated'] else ' (does not pass)'}")
+    if not parts:
+        return ""
+    a = fnd.own_answers(ctx.evals, f.refusal_judge[0]) or fnd.own_answers(ctx.evals, f.cross_judge[0])
+    where = ("answers of this study's kind" if a.get("in_distribution") else f"another study's answers ({a['why']})")
+    return (f"Agreement with the annotators' refusal labels of `{a['set']}` ({a['n_rows']} {where}; two blind passes, "
+            f"see docs/labelled-answers.md; pass rule: both classes >= 10, a 95% Wilson lower bound >= 0.80 and kappa >= 0.60): "
+            + "; ".join(parts) + ".")
+
+
+def _harm_statement(ctx: Context, f: fnd.Findings, validated: bool) -> str:
+    """What the primary harm judge's rate is, and why it is or is not an ASR here."""
+    if f.judge is None or f.judge_kind == "keywords":
+        return ("No harm judge ran: harmful substance (ASR) is not measured in this run; the keyword judge's rate is "
+                "the non-refusal rate, not an ASR.")
+    card = ctx.evals.get(fnd.SFT) or next(iter(ctx.evals.values()), {})
+    if validated:
+        return (f"ASR = share of answers the harm judge `{f.judge}` finds harmful in substance; its agreement on "
+                f"answers of this study's kind: {_judge_agreement(card, f.judge)}.")
+    own = fnd.own_answers(ctx.evals, f.judge) or {}
+    v = (own.get("verdicts") or {}).get("harmful") or {}
+    if own.get("in_distribution") and v.get("n"):
+        lo, hi = wilson_interval(v["human_positive"], v["n"])
+        why = (f"in `{own['set']}`, {v['n']} answers of this study's kind (the same model, base and DPO-trained, at "
+               f"the same length, to harmful prompts this study does not evaluate on), two blind annotators found "
+               f"harmful substance in {v['human_positive']} ({v['human_positive'] / v['n']:.2f}, 95% Wilson "
+               f"[{lo:.3f}, {hi:.3f}]), while `{f.judge}` flags {v['judge_positive']} of them (agreement {_fig(v)})")
+        if not v.get("measurable"):
+            return (f"ASR (harmful substance) is not measurable at this scale: {why}. A judge cannot be validated on "
+                    "harm that does not occur, and its flags here are not harm; so its rate is printed as the harm "
+                    "judge's flag rate, not as an ASR, and the findings rank settings by refusal instead.")
+        return (f"ASR is not reported: {why}, which does not pass the rule (95% Wilson lower bound >= 0.80, kappa >= 0.60); its rate "
+                "is printed as the harm judge's flag rate, and the findings rank settings by refusal instead.")
+    target = ctx.cfg.models.get(ctx.cfg.target) if ctx.cfg.target else None
+    models = [target.path] if target else sorted({m.path for m in ctx.cfg.models.values()})
+    return (f"ASR (harmful substance) is not measurable at this scale: no judge in this run is validated on answers "
+            f"of this kind. `{f.judge}`'s agreement ({_judge_agreement(card, f.judge)}) was measured on another "
+            f"set's answers (full-length answers of large models), while these are answers of at most "
+            f"{ctx.cfg.evaluate.safety.max_new_tokens} tokens from {', '.join(models)}, which can comply in tone "
+            "without giving usable help; so its rate is printed as the harm judge's flag rate, not as an ASR, and "
+            "the findings rank settings by refusal instead.")
+
+
 def _section_findings(ctx: Context) -> Section:
-    f = fnd.paired_findings(ctx.cfg, ctx.rd, ctx.evals, [s for s in _order(ctx.evals) if s != fnd.SFT])
-    forest = _fig_forest(f.comparisons, ctx.labels, f.judge, ctx.out) if f.comparisons else None
+    f = fnd.paired_findings(ctx.cfg, ctx.rd, ctx.evals, [s for s in paper_order(ctx.evals) if s != fnd.SFT])
+    validated = bool(f.judge) and fnd.validated_in_distribution(ctx.evals, f.judge)
+    measure = fnd.measure_name(f.judge_kind, validated)
+    forest = fig_forest(f.comparisons, ctx.labels, f.judge, ctx.out, measure) if f.comparisons else None
+    selective, sel_figs = _selective_view(ctx, f)
     sep, sep_fig = _separability_view(ctx, f)
-    training = _fig_training(ctx.rd, list(ctx.cfg.pairs.settings), ctx.out, ctx.labels)
+    training = fig_training(ctx.rd, list(ctx.cfg.pairs.settings), ctx.out, ctx.labels)
     costs = fnd.setting_costs(ctx.cfg, ctx.rd, list(ctx.cfg.pairs.settings))
     cost = table(["setting", "models drawn on", "responses", "tokens generated", "DPO steps", "training seconds"],
                  [[ctx.label(c["setting"]), ", ".join(c["models"]) or "(human only)", c["responses"], c["tokens"],
                    c["steps"], None if c["train_seconds"] is None else f"{c['train_seconds']:.1f}"]
-                  for c in sorted(costs, key=lambda c: _order([c["setting"] for c in costs]).index(c["setting"]))]
+                  for c in sorted(costs, key=lambda c: paper_order([c["setting"] for c in costs]).index(c["setting"]))]
                  ) if costs else None
     class_judge = next((r["answer_classes"].get("judge") for r in ctx.evals.values() if r.get("answer_classes")), None)
     unparsed = ("count as not harmful (the authors' denominator)" if ctx.cfg.evaluate.safety.unparsed == "count"
@@ -495,51 +449,129 @@ def _section_findings(ctx: Context) -> Section:
     agreement = _judge_agreement(card, f.judge) if f.judge else ""
     body = render("sections/findings.md.j2", judge=f.judge, judge_kind=f.judge_kind or "unknown kind",
                   agreement=agreement, class_judge=class_judge, unparsed=unparsed, missing=f.missing,
-                  groups=_findings_groups(ctx, f), forest=forest.name if forest else None,
-                  n_tests=len(f.comparisons), orientation=_orientation(ctx, f.judge) if f.judge else None,
+                  groups=_findings_groups(ctx, f, measure), forest=forest.name if forest else None,
+                  measure=measure, validated=validated, harm_statement=_harm_statement(ctx, f, validated),
+                  selective=selective, refusal_line=_refusal_agreement_line(ctx, f), keywords=f.keywords,
+                  n_tests=f.n_tests, alpha=fnd.ALPHA, seeds=_seeds(ctx),
+                  orientation=_orientation(ctx, f.judge, measure) if f.judge else None,
                   paper_model=paper_numbers.MODEL, citation=paper_numbers.CITATION, separability=sep,
                   training=training.name if training else None, cost=cost,
                   eval_seconds=fnd.evaluate_seconds(ctx.rd), n_models=len(ctx.evals),
                   tail=[_reward_line(_pairs_stats(ctx.rd).get("reward_agreement")), ctx.note or ""])
-    return Section("Findings", body, [p for p in (forest, sep_fig, training) if p])
+    return Section("Findings", body, [*sel_figs, *(p for p in (forest, sep_fig, training) if p)])
+
+
+def _seeds(ctx: Context) -> str:
+    """How many seeds the study ran, in words: one run directory is one seed."""
+    if ctx.cfg.replicate_seed is not None:
+        return (f"one seed of a `seeds` study (seed {ctx.cfg.replicate_seed} for the sampled answers, pairs and "
+                f"DPO; seed {ctx.cfg.seed} for prompts and SFT): every interval and test here is over prompts; "
+                "the study's seeds report (seeds/report.md in its run directory) compares the seeds")
+    listed = ctx.rd.path("seeds", "seeds.json")
+    seeds = ctx.cfg.seeds or (read_json(listed).get("seeds") if listed.exists() else None) or []
+    others = [k for k in seeds if k != ctx.cfg.seed]
+    if others:
+        return (f"seed {ctx.cfg.seed}, the first of a `seeds` study" + (f" (also seeds {', '.join(map(str, others))})"
+                                                                         if others else "") +
+                ": every interval and test here is over prompts; seeds/report.md in this run directory compares the "
+                "seeds")
+    return (f"one seed (seed {ctx.cfg.seed}): every interval and test is over prompts (or pairs), not over "
+            "training runs, so it says nothing about how much a result moves with another seed")
 
 
 def _section_safety(ctx: Context) -> Section | None:
     evals = ctx.evals
     if not evals:
         return None
-    rows = [[ctx.label(m), _group(m), e["set"], e.get("format", "chat"), e["judge"], e["value"], _ci(e), e["n"],
-             e.get("unparsed", 0), _judge_agreement(evals[m], e["judge"])]
-            for m in _order(evals) for e in _asr_entries(evals[m])]
-    figs = [p for s, j in _combos(evals) if (p := _fig_asr(evals, ctx.out, s, j, ctx.labels))]
-    body = render("sections/basic.md.j2", intro=None, notes=[ctx.note], figures=_figs(
-        *((p, f"ASR ({p.stem[4:]})") for p in figs)), table=table(
-        ["model", "group", "set", "format", "judge", "ASR", "95% CI", "n", "unparsed", "judge agreement (held out)"],
-        rows))
-    return Section("Jailbreak attack success rate", body, figs)
+    measure = {j: _measure(ctx, j) for j in dict.fromkeys(e["judge"] for r in evals.values() for e in asr_entries(r))}
+    rows = [[ctx.label(m), setting_group(m), e["set"], e.get("format", "chat"), e["judge"], measure[e["judge"]],
+             e["value"], _ci(e), e["n"], e.get("unparsed", 0), _judge_agreement(evals[m], e["judge"])]
+            for m in paper_order(evals) for e in asr_entries(evals[m])]
+    figs = [p for s, j in set_judge_pairs(evals) if (p := fig_asr(evals, ctx.out, s, j, ctx.labels, measure[j]))]
+    body = render("sections/basic.md.j2", intro=None, notes=[
+        "Each judge's rate is named for what it measures (Findings, \"What each rate measures\"): the keyword "
+        "judge's is the non-refusal rate; a harm judge's is an ASR only where it is validated on answers of this "
+        "kind.", ctx.note], figures=_figs(*((p, f"{p.stem[4:]}") for p in figs)), table=table(
+        ["model", "group", "set", "format", "judge", "measure", "rate", "95% CI", "n", "unparsed",
+         "judge agreement (held out)"], rows))
+    return Section("Jailbreak prompts: each judge's rate", body, figs)
+
+
+def _measure(ctx: Context, judge: str) -> str:
+    return fnd.measure_name(fnd.judge_kind(ctx.cfg, ctx.evals, judge), fnd.validated_in_distribution(ctx.evals, judge))
+
+
+def _classes_now(ctx: Context, m: str) -> dict:
+    """The model's answer classes per set/format, re-derived from its stored judgements under the
+    current rules (answer_classes.RULES_VERSION); results.json's when the samples are absent."""
+    ac = ctx.evals[m].get("answer_classes") or {}
+    samples = fnd.load_samples(ctx.rd, m)
+    judge = ac.get("judge")
+    kind = fnd.judge_kind(ctx.cfg, ctx.evals, judge) if judge else None
+    if not samples or not judge or not any(judge in (s.get("judges") or {}) for s in samples):
+        return ac.get("safety") or {}
+    for s in samples:
+        s["answer"] = answer_classes.sample_class(s["response"], s["judges"][judge], kind, prompt=s.get("prompt") or "")
+    return answer_classes.summarise(samples)
 
 
 def _section_answer_classes(ctx: Context) -> Section | None:
     rows = [[ctx.label(m), key, a["shares"].get("refusal"), a["shares"].get("harmful_compliance"),
              a["shares"].get("degenerate_or_off_topic"), a["n"], ac.get("judge")]
-            for m in _order(ctx.evals) for ac in [ctx.evals[m].get("answer_classes") or {}]
-            for key, a in (ac.get("safety") or {}).items()]
+            for m in paper_order(ctx.evals) for ac in [ctx.evals[m].get("answer_classes") or {}]
+            for key, a in _classes_now(ctx, m).items()]
     if not rows:
         return None
     return Section("What the answers are (answer classes)", render(
         "sections/basic.md.j2", intro=None, figures=[], table=table(
             ["model", "set/format", "refusal", "harmful compliance", "degenerate or off-topic", "n", "judge"], rows),
         notes=["Degenerate: repeated word-trigram rate >= 0.5 or (nearly) empty; off-topic: the judge finds the "
-               "answer neither harmful nor a refusal."]))
+               "answer neither harmful nor a refusal. Refusal here: the refusal verdict on an answer the harm judge "
+               "does not flag (a flagged answer is harmful compliance); the findings' harmful-prompt refusal is the "
+               "refusal verdict alone, so it can be higher. Classes are re-derived from the stored judgements under "
+               f"the current rules (`{answer_classes.RULES_VERSION}`).",
+               _own_line(ctx, fnd.class_judge(ctx.cfg, ctx.evals)[0], "refusal", "refusal verdict")]))
+
+
+def _own_line(ctx: Context, judge: str | None, verdict: str, what: str) -> str:
+    """One sentence: `judge`'s `verdict` against the labelled set's annotators, or '' where not measured."""
+    a = fnd.own_answers(ctx.evals, judge) if judge else None
+    v = ((a or {}).get("verdicts") or {}).get(verdict)
+    if not v or not v.get("n"):
+        return ""
+    where = "answers of this study's kind" if a.get("in_distribution") else "another model's answers"
+    return (f"`{judge}`'s {what} agrees with the annotators of `{a['set']}` ({where}) on {_fig(v)}: it finds "
+            f"{v['judge_positive']} where they find {v['human_positive']}; "
+            f"{'passes' if v.get('validated') else 'does not pass'} (docs/labelled-answers.md).")
+
+
+def _over_refusal_now(ctx: Context, m: str, chosen: tuple[str, str] | None) -> dict | None:
+    """The benign refusal rate under the current rules from the stored judgements, by the refusal
+    verdict `chosen` (findings.refusal_choice); results.json's figure when the samples are absent."""
+    f = ctx.rd.path("eval", m, "over_refusal_samples.jsonl")
+    if not f.exists() or not chosen:
+        return ctx.evals[m].get("over_refusal")
+    judge, kind = chosen
+    from ..rundir import read_jsonl
+    from ..stats import rate_from_verdicts
+
+    r = rate_from_verdicts(answer_classes.refused(s, judge, kind) for s in read_jsonl(f))
+    ci = r["interval"] or [None, None]
+    return {"value": r["value"], "ci_low": ci[0], "ci_high": ci[1], "n": r["n"]} if r["n"] else None
 
 
 def _section_over_refusal(ctx: Context) -> Section | None:
-    rows = [[ctx.label(m), r["over_refusal"]["value"], _ci(r["over_refusal"]), r["over_refusal"]["n"]]
-            for m in _order(ctx.evals) if (r := ctx.evals[m]).get("over_refusal")]
+    chosen, _ = fnd.refusal_choice(ctx.cfg, ctx.evals)
+    rows = [[ctx.label(m), o["value"], _ci(o), o["n"]]
+            for m in paper_order(ctx.evals) if (o := _over_refusal_now(ctx, m, chosen))]
     if not rows:
         return None
     return Section("Over-refusal on benign prompts", render(
-        "sections/basic.md.j2", intro=None, figures=[], notes=[ctx.note],
+        "sections/basic.md.j2", intro=None, figures=[], notes=[
+            f"Refusal verdict as in the findings (rules `{answer_classes.RULES_VERSION}`: an answer that picks one of "
+            "the question's options, or a degenerate one, is not a refusal).",
+            _own_line(ctx, chosen[0] if chosen else None, "refusal_benign", "refusal verdict on benign answers"),
+            ctx.note],
         table=table(["model", "refusal rate", "95% CI", "n"], rows)))
 
 
@@ -559,7 +591,7 @@ def _section_general(ctx: Context) -> Section | None:
     if not tasks:
         return None
     rows = [[ctx.label(m)] + [_general_cell((evals[m].get("general") or {}).get(t)) for t in tasks]
-            for m in _order(evals)]
+            for m in paper_order(evals)]
     skipped = sorted({f"- {t}: {v['skipped']}" for r in evals.values() for t, v in (r.get("general") or {}).items()
                       if isinstance(v, dict) and "skipped" in v})
     kinds = sorted({f"- {t}: {v.get('interval_kind') or 'wilson'} interval" for r in evals.values()
@@ -586,14 +618,14 @@ def _section_separability(ctx: Context) -> Section | None:
                                 "separability."})
     ranking, family, _ = fnd.separability_ranking(probe)
     sep = {r["setting"]: r["accuracy"] for r in ranking}
-    for judge in dict.fromkeys(j for _, j in _combos(ctx.evals)):
-        if sep and (p := _fig_sep_vs_asr(sep, family, ctx.evals, judge, ctx.out, ctx.labels)):
+    for judge in dict.fromkeys(j for _, j in set_judge_pairs(ctx.evals)):
+        if sep and (p := fig_sep_vs_asr(sep, family, ctx.evals, judge, ctx.out, ctx.labels)):
             figs.append(p)
             pics.append({"path": p.name, "alt": f"separability vs ASR ({judge})", "caption": None})
     settings = probe["settings"]
-    rows = [[ctx.label(s), _group(s), _acc(r.get("hidden")), (r.get("hidden") or {}).get("feature"),
+    rows = [[ctx.label(s), setting_group(s), _acc(r.get("hidden")), (r.get("hidden") or {}).get("feature"),
              _acc(r.get("embedding")), _acc(r.get("surface")), _acc(r.get("length")), r.get("n_pairs")]
-            for s, r in ((s, settings[s]) for s in _order(settings))]
+            for s, r in ((s, settings[s]) for s in paper_order(settings))]
     rep = (probe.get("method") or {}).get("reported")
     rule = (f"Hidden-state figure: layer {rep['layer']}, {rep['pooling']} pooling, fixed in advance (`probe.layer`, "
             "default the last layer; the first `probe.pooling`), so it is not a maximum over layers. "
@@ -608,7 +640,7 @@ def _section_separability(ctx: Context) -> Section | None:
 def _section_training(ctx: Context) -> Section | None:
     rows = []
     for s in ctx.cfg.pairs.settings:
-        m, loss = _curve(ctx.rd, s, "rewards/margins"), _curve(ctx.rd, s, "loss")
+        m, loss = train_curve(ctx.rd, s, "rewards/margins"), train_curve(ctx.rd, s, "loss")
         if m or loss:
             rows.append([ctx.label(s), loss[0][1] if loss else None, loss[-1][1] if loss else None,
                          m[0][1] if m else None, m[-1][1] if m else None, max(len(m), len(loss))])
@@ -647,8 +679,13 @@ def _section_data(ctx: Context) -> Section | None:
 
 
 def _section_provenance(ctx: Context) -> Section:
+    from ..rundir import git_commit
+
     m = ctx.rd.manifest()
-    manifest = json.dumps({k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages")}, indent=2)
+    shown = {k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages")}
+    shown["stage_commits"] = {s: (i or {}).get("git_commit") for s, i in (m.get("stages") or {}).items()}
+    shown["report_rendered_by"] = git_commit()
+    manifest = json.dumps(shown, indent=2)
     return Section("Config and versions", render("sections/provenance.md.j2", manifest_json=manifest,
                                                  config_yaml=dump_config(ctx.cfg)))
 
@@ -697,4 +734,25 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     md = to_markdown(title, sections)
     write_text(out / "report.md", md)
     write_text(out / "report.html", to_html(title, md, out))
-    return {"report": str(out / "report.html"), "figures": [p.name for p in figs]}
+    # The per-prompt verdicts every number above is computed from, small enough to commit beside it.
+    evals = _load_eval(rd)
+    judge, kind = fnd.class_judge(cfg, evals)
+    files = per_prompt.write(rd, out, paper_order(evals), judge, kind)
+    return {"report": str(out / "report.html"), "figures": [p.name for p in figs],
+            "per_prompt": [p.relative_to(out).as_posix() for p in files]}
+
+
+# --------------------------------------------------------------------------- stage protocol
+CONFIG = ("report",)
+READS = ("prompts", "sft", "generate", "score", "pairs", "probe", "train", "evaluate")
+WRITES = ("report",)
+VERSION = 3  # 2: selective refusal first, rates named for what they measure, Holm, per-prompt verdicts;
+#            3: the refusal verdict chosen by the labelled set of own answers; its agreement beside every rate
+
+
+def check(cfg: StudyConfig, checks) -> None:
+    """Nothing beyond what the config's own types check."""
+
+
+def estimate(cfg: StudyConfig, plan) -> list[tuple]:
+    return [("tables, figures", "-", 0.0, 0.0, "")]

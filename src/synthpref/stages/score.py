@@ -8,8 +8,8 @@ response id and carries `item`, a fingerprint of the (prompt, response) text it 
 scores only responses it has no record for or whose text changed, and drops records of responses
 that are gone; a changed rubric or scorer starts that scorer's file over.
 
-`score_texts` is the same scoring for callers outside the stage (evaluate judges its
-generations with these scorers).
+`backends.scoring.score_texts` is the same scoring for callers outside the stage (evaluate
+judges its generations with these scorers).
 """
 
 from __future__ import annotations
@@ -18,12 +18,46 @@ import sys
 from collections import defaultdict
 from typing import Any, Iterable
 
-from ..backends.scoring.base import ScoreItem, ScoreResult, Scorer, make_scorer
+from ..backends.scoring.base import ScoreItem, ScoreResult, Scorer, make_scorer, score_texts  # noqa: F401
 from ..config import StudyConfig
 from ..errors import BackendError, DataError
 from .prompts import read_prompts
 from ..rundir import RecordWriter, RunDir, hash_obj, stable_id
 from ..tables import load_responses
+from . import Checks
+
+# --------------------------------------------------------------------------- stage protocol
+CONFIG = ("score",)
+READS = ("prompts", "generate")
+WRITES = ("score",)
+VERSION = 1
+
+
+def check(cfg: StudyConfig, checks: Checks) -> None:
+    """Every scorer's kind exists, its model can be found and its rubric file exists."""
+    from pathlib import Path
+
+    from ..backends.scoring import get_scorer_class
+    from ..errors import SynthprefError
+    from ..models import check_reference
+
+    for name, sc in cfg.score.scorers.items():
+        try:
+            get_scorer_class(sc.kind)
+        except SynthprefError as e:
+            checks.problem(f"score.scorers.{name}.kind", str(e))
+        if sc.model and sc.model not in cfg.models:
+            p = check_reference(sc.model)
+            if p:
+                checks.problem(f"score.scorers.{name}.model", p)
+        if sc.rubric_file and not Path(sc.rubric_file).expanduser().is_file():
+            checks.problem(f"score.scorers.{name}.rubric_file", f"'{sc.rubric_file}' does not exist")
+
+
+def estimate(cfg: StudyConfig, plan) -> list[tuple]:
+    n = sum(1 for sc in cfg.score.scorers.values() if sc.score_training)
+    return [(f"{n} scorer(s)", "all responses", None, None, "not estimated (small next to generation)")]
+
 
 # Scores are rounded so that the last bits of float arithmetic (which can differ with batch
 # composition after a resume) do not change the bytes of the output.
@@ -82,22 +116,6 @@ def score_to_writer(scorer: Scorer, items: list[ScoreItem], writer: RecordWriter
             raise BackendError(f"scorer '{scorer.name}' returned no result for {len(wanted)} item(s) "
                                f"(first: {sorted(wanted)[0]}); re-run to retry them")
     return writer.finish()
-
-
-def score_texts(scorer_name: str, cfg: StudyConfig, items: list[ScoreItem], device: str | None = None) -> list[ScoreResult]:
-    """Score `items` with scorer `scorer_name` (a name in score.scorers, or 'keywords'); results
-    in the order of `items`. Loads the scorer's model and frees it before returning."""
-    from ..models import pick_device
-
-    scorer = make_scorer(scorer_name, cfg, device or pick_device(cfg.device))
-    try:
-        got = {r.key: r for r in scorer.score(list(items))}
-    finally:
-        scorer.close()
-    missing = [it.key for it in items if it.key not in got]
-    if missing:
-        raise BackendError(f"scorer '{scorer_name}' returned no result for {len(missing)} item(s) (first: {missing[0]})")
-    return [got[it.key] for it in items]
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -42,31 +42,13 @@ def _saved_splits(p: Path) -> tuple[str, ...] | None:
     return None
 
 
-_HUB_STATE: dict[str, str | None] = {}
-
-
-def _hub_unreachable() -> str | None:
-    """Why the hub cannot be asked (offline mode, or no answer to one short request), else None."""
-    if "why" not in _HUB_STATE:
-        try:
-            import httpx
-            from huggingface_hub import constants
-
-            if constants.HF_HUB_OFFLINE:
-                _HUB_STATE["why"] = "HF_HUB_OFFLINE is set"
-            else:
-                httpx.head(constants.ENDPOINT, timeout=5)
-                _HUB_STATE["why"] = None
-        except Exception as e:
-            _HUB_STATE["why"] = f"{type(e).__name__}"
-    return _HUB_STATE["why"]
-
-
 def _hub_splits(source: str, config_name: str | None) -> tuple[tuple[str, ...] | None, str | None]:
     """(splits, why not): from KNOWN_SPLITS, else asked from the hub."""
     if source in KNOWN_SPLITS and config_name is None:
         return KNOWN_SPLITS[source], None
-    why = _hub_unreachable()
+    from ..hub import unreachable
+
+    why = unreachable()
     if why:
         return None, why
     try:
@@ -166,3 +148,47 @@ def load_sft_rows(data: SFTData, where: str = "train.sft.datasets") -> list[dict
     if not rows:
         raise DataError(f"{where}: '{data.source}' gave no SFT examples")
     return [{"messages": m} for m in rows]
+
+
+# --------------------------------------------------------------------------- overlap with the DPO prompts
+def first_user_text(messages: list[dict]) -> str | None:
+    return next((str(m.get("content")) for m in messages if m.get("role") == "user"), None)
+
+
+def prompt_keys(prompts: list[dict]) -> set[str]:
+    """Normalised texts of prompt records (the key the train/eval overlap check uses too)."""
+    from ..data import normalise
+
+    return {normalise(str(p["text"])) for p in prompts}
+
+
+def overlapping(rows: list[dict], keys: set[str]) -> list[bool]:
+    """Per SFT example: does its first user turn equal (normalised) one of the DPO prompts?"""
+    from ..data import normalise
+
+    out = []
+    for r in rows:
+        text = first_user_text(r["messages"])
+        out.append(text is not None and normalise(text) in keys)
+    return out
+
+
+def without_dpo_prompts(rows: list[dict], keys: set[str]) -> tuple[list[dict], int]:
+    """(the SFT examples whose prompt is not a DPO training prompt, how many were left out)."""
+    hit = overlapping(rows, keys)
+    return [r for r, h in zip(rows, hit) if not h], sum(hit)
+
+
+def readable_sft_rows(data: SFTData, where: str) -> tuple[list[dict] | None, str]:
+    """(the examples of a local SFT dataset, or None; why not): validate reads files, never the hub."""
+    try:
+        p = _local(data.source)
+    except ConfigError as e:
+        return None, str(e)
+    if p is None:
+        return None, f"'{data.source}' is a hub dataset, which validate does not download"
+    try:
+        return load_sft_rows(data, where), ""
+    except (ConfigError, DataError, AssetError) as e:
+        return None, str(e)
+

@@ -3,8 +3,9 @@
     accelerate launch --config_file configs/accelerate/zero3.yaml [--num_processes N] \\
         -m synthpref.stages.train_worker <run_dir> <setting> [--config <study yaml>]
 
-Every process runs the same `synthpref.train.train_setting` as a local run (or `train_sft` for
-the reserved name 'sft'); accelerate's environment makes the Trainer shard the work.
+Every process runs the same `synthpref.stages.train.train_setting` as a local run (or `train_sft`
+for the reserved name 'sft'); accelerate's environment makes the Trainer shard the work, and only
+the main process writes files. A worker exits when its launcher dies.
 """
 
 from __future__ import annotations
@@ -23,20 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="study YAML (default: <run_dir>/config.yaml)")
     args = p.parse_args(argv)
 
-    from . import train
+    from . import sft, train
     from ..config import load_config
+    from ..lineage import SFT_NAME
     from ..rundir import RunDir
+    from ..training import end_process, start_process
 
     rd = RunDir(Path(args.run_dir))
     try:
         cfg = load_config(args.config or rd.path("config.yaml"))
-        if args.setting == train.SFT_NAME:
-            train.train_sft(cfg, rd)
+        start_process(cfg)  # before anything asks which rank writes the files
+        if args.setting == SFT_NAME:
+            sft.train_sft(cfg, rd)
         else:
             train.train_setting(cfg, rd, args.setting)
     except SynthprefError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        end_process()
     return 0
 
 

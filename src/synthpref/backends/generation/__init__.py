@@ -1,7 +1,9 @@
 """Generation backends: one file each, registered here by name, imported only when selected.
 
 Adding a backend: write `<name>.py` with a `GenerationBackend` subclass (and its `Options`),
-add one line to REGISTRY, add one test.
+add one line to REGISTRY, add one test. The same registry serves `evaluate.safety.backend`: a
+backend that sets EVALUATES_TRAINED and implements `for_evaluation` answers the evaluate stage
+too (tests/unit/test_backend_plugin.py shows the whole of it).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from ...errors import ConfigError, did_you_mean
-from .base import GenerationBackend, GenParams, GenRequest, GenResult  # noqa: F401
+from .base import EvalTarget, GenerationBackend, GenParams, GenRequest, GenResult  # noqa: F401
 
 REGISTRY: dict[str, str] = {
     "hf": "synthpref.backends.generation.hf:HFBackend",

@@ -8,7 +8,7 @@ quantization, ctranslate2 version, CONVERT_VERSION). The conversion writes into 
 folder that is renamed into place, so a killed conversion leaves nothing half-written. File
 hashes are memoised by (path, size, mtime) so a 2 GB checkpoint is not re-read on every load.
 A trained model (the evaluate stage) is converted under a key its caller gives (the trained
-model's identity) instead, see `convert_folder`.
+model's identity) instead, see `convert_folder` and `CT2Backend.for_evaluation`.
 
 Prompts: formatted exactly as the hf backend does (synthpref.chat.prompt_token_ids, the HF
 tokenizer of the model), then handed to CTranslate2 as token strings; the stop tokens are the
@@ -56,7 +56,8 @@ from pydantic import Field
 from ...chat import prompt_mode, prompt_token_ids, stop_token_ids
 from ...config import ModelSpec
 from ...errors import BackendError
-from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
+from ...rundir import sha256_file
+from .base import EvalTarget, GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
 
 # Bump when the conversion call changes (its options), so cached conversions are redone.
 CONVERT_VERSION = 1
@@ -72,6 +73,10 @@ def _import_ct2(what: str):
         raise BackendError(f"{what} uses backend 'ct2' but ctranslate2 is not installed; "
                            "pip install ctranslate2 or use backend: hf") from None
     return ctranslate2
+
+
+def _ct2_device(ct2, device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") and ct2.get_cuda_device_count() > 0 else "cpu"
 
 
 def resolve_quantization(q: str, device: str) -> str:
@@ -105,11 +110,7 @@ def _file_sha256(path: Path, memo: dict) -> str:
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     if key not in memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while b := f.read(1 << 20):
-                h.update(b)
-        memo[key] = h.hexdigest()
+        memo[key] = sha256_file(path)
     return memo[key]
 
 
@@ -200,6 +201,16 @@ class CT2Backend(GenerationBackend):
             "prompt per call, so a sample depends on its own prompt only (slower)")
 
     RUNTIME_OPTIONS = frozenset({"intra_threads"})
+    EVALUATES_TRAINED = True  # converts each evaluated model once (a LoRA adapter merged first)
+
+    @classmethod
+    def record_options(cls, options: dict, device: str) -> dict:
+        """`quantization: auto` keyed as what it resolves to on this device (int8 on CPU,
+        int8_float16 on CUDA): the same config moved to a GPU makes new records, not mixed ones."""
+        out = super().record_options(options, device)
+        ct2 = _import_ct2("the generate stage")
+        out["quantization"] = resolve_quantization(options.get("quantization", "auto"), _ct2_device(ct2, device))
+        return out
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", tokenizer=None, model_dir: str | Path | None = None,
                  source_dir: str | Path | None = None, **kwargs):
@@ -209,7 +220,7 @@ class CT2Backend(GenerationBackend):
         ct2 = _import_ct2(f"model '{spec.path}'")
         from ...models import load_tokenizer
 
-        self.ct2_device = "cuda" if str(device).startswith("cuda") and ct2.get_cuda_device_count() > 0 else "cpu"
+        self.ct2_device = _ct2_device(ct2, device)
         self.quantization = resolve_quantization(self.options.quantization, self.ct2_device)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             spec if source_dir is None else spec.model_copy(update={"path": str(source_dir), "revision": None}))
@@ -287,6 +298,67 @@ class CT2Backend(GenerationBackend):
         n = len(row) if end is None else end + 1
         text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
         return GenResult(req.key, text, n, "length" if end is None else "stop")
+
+    # -- evaluation (the evaluate stage's hooks)
+    # The evaluated model is converted once and the conversion reused:
+    # - the base model (no trained weights) is converted into the user cache, keyed by the content of
+    #   its folder, as for generation;
+    # - trained weights are keyed by their identity in the caches (the training run's inputs hash)
+    #   and converted into <work_dir>/ct2-<quantization>-<key>/. A LoRA adapter is merged into its
+    #   starting model first (the same in-memory merge the hf backend evaluates), saved to a
+    #   temporary folder, converted, and the temporary folder deleted; full weights are converted
+    #   from the trained folder directly.
+    # The quantization comes from the starting model's `options.quantization` (auto: int8 on CPU).
+    @classmethod
+    def _eval_quantization(cls, target: EvalTarget) -> str:
+        kind = "cuda" if str(target.device).startswith("cuda") else "cpu"
+        return resolve_quantization(cls.own_options(target.spec).options.get("quantization", "auto"), kind)
+
+    @classmethod
+    def evaluation_ref(cls, target: EvalTarget) -> dict:
+        """Its texts differ from hf's (quantization, C++ kernels): the answers' hash names the engine."""
+        ct2 = _import_ct2(f"model '{target.spec.path}'")
+        return {"backend": "ct2", "quantization": cls._eval_quantization(target), "ctranslate2": ct2.__version__,
+                "convert": CONVERT_VERSION}
+
+    @classmethod
+    def for_evaluation(cls, target: EvalTarget):
+        from ...models import load_tokenizer, resolve_path
+
+        start, q = target.spec, cls._eval_quantization(target)
+        if target.weights is None:
+            src = Path(resolve_path(start.path))
+            model_dir = converted_model(start, q, src)
+            tok = load_tokenizer(start)
+        else:
+            d = target.weights
+            tok = load_tokenizer(start.model_copy(update={"path": str(d), "revision": None}), padding_side="left")
+            model_dir = target.work_dir / f"ct2-{q}-{conversion_key(target.identity, q)}"
+            is_adapter = (d / "adapter_config.json").exists()
+            src = Path(resolve_path(start.path)) if is_adapter else d
+            if not (model_dir / "model.bin").exists():
+                cls._convert_trained(target, model_dir, q, is_adapter)
+
+        def make(spec: ModelSpec) -> "CT2Backend":
+            spec = cls.own_options(spec).model_copy(update={"backend": "ct2"})
+            return cls(spec, target.device, tokenizer=tok, model_dir=model_dir, source_dir=src)
+
+        return make, tok
+
+    @staticmethod
+    def _convert_trained(target: EvalTarget, model_dir: Path, q: str, is_adapter: bool) -> None:
+        start, d = target.spec, target.weights
+        if not is_adapter:
+            convert_folder(d, model_dir, q, str(d), start.trust_remote_code)
+            return
+        from ...lineage import save_merged
+
+        tmp = target.work_dir / ".merged_for_ct2"
+        save_merged(*target.load(), tmp)
+        try:
+            convert_folder(tmp, model_dir, q, f"{start.path} + {target.name}", start.trust_remote_code)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
         from ...models import free

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from ...config import ModelSpec
 from ...chat import prompt_mode, prompt_token_ids, stop_token_ids
-from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
+from .base import EvalTarget, GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions, split_by_kind
 
 
 def _gumbel_processor_class():
@@ -50,8 +50,12 @@ def _gumbel_processor_class():
 
 
 class HFBackend(GenerationBackend):
+    INHERITS_GENERATION_CONFIG = True
+
     class Options(LocalModelOptions):
         pass
+
+    EVALUATES_TRAINED = True  # answers with the evaluate stage's in-memory model (a LoRA adapter merged)
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", model=None, tokenizer=None, **kwargs):
         super().__init__(spec, device)
@@ -74,6 +78,11 @@ class HFBackend(GenerationBackend):
     def encode(self, req: GenRequest) -> list[int]:
         return prompt_token_ids(self.tokenizer, self.spec, req.messages)
 
+    def model_generation_config(self) -> dict:
+        """The decoding values the model's generation_config sets (the rest are None)."""
+        gc = self.model.generation_config
+        return {k: getattr(gc, k, None) for k in ("repetition_penalty", "no_repeat_ngram_size", "top_k")}
+
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[GenResult]:
         encoded = {r.key: self.encode(r) for r in requests}
         for group in split_by_kind(requests):
@@ -94,7 +103,9 @@ class HFBackend(GenerationBackend):
         # Start from the model's generation config so its own defaults cannot override ours.
         gc = copy.deepcopy(self.model.generation_config)
         greedy = batch[0].greedy
-        rep, ngram = params.penalties(greedy)  # greedy: none (the authors' greedy pass) unless greedy_penalties
+        # greedy: no penalties (the authors' greedy pass) unless greedy_penalties, or the model's own
+        # with inherit_generation_config; sampling: the model's top_k then wins over ours
+        rep, ngram, top_k = params.decoding(greedy, self.model_generation_config())
         gc.update(max_new_tokens=params.max_new_tokens, min_new_tokens=None, max_length=None, do_sample=False,
                   num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None,
                   repetition_penalty=rep if rep != 1.0 else None,
@@ -104,8 +115,8 @@ class HFBackend(GenerationBackend):
         if not greedy:
             # transformers' sampling order: temperature, top-k, top-p.
             processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k > 0:
-                processors.append(TopKLogitsWarper(params.top_k))
+            if top_k > 0:
+                processors.append(TopKLogitsWarper(top_k))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
             processors.append(_gumbel_processor_class()([r.seed for r in batch]))
@@ -120,6 +131,19 @@ class HFBackend(GenerationBackend):
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
             results.append(GenResult(req.key, text, n, "length" if end is None else "stop"))
         return results
+
+    @classmethod
+    def for_evaluation(cls, target: EvalTarget):
+        model, tok = target.load()
+
+        def make(spec: ModelSpec) -> "HFBackend":
+            return cls(cls.own_options(spec), target.device, model=model, tokenizer=tok)
+
+        return make, tok
+
+    def end_evaluation(self) -> None:
+        # The model is the evaluate stage's (target.load), which frees it: drop our reference only.
+        self.model = self.tokenizer = None
 
     def close(self) -> None:
         from ...models import free

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from pydantic import Field
 
-from ...chat import BASE_MODELS, format_plain, prompt_format_option, with_system
+from ...chat import BASE_MODELS, format_plain, format_raw, prompt_format_option, with_system
 from ...config import ModelSpec
 from ...errors import BackendError, ConfigError
 from .base import GenerationBackend, GenParams, GenRequest, GenResult, LocalModelOptions
@@ -94,7 +94,8 @@ class LlamaCppBackend(GenerationBackend):
             choice = out["choices"][0]
             text = choice["message"]["content"] or ""
         else:
-            out = self.llm.create_completion(prompt=format_plain(self.spec, req.messages), **kw)
+            fmt = format_raw if prompt_format_option(self.spec) == "raw" else format_plain  # raw: the authors' prompt
+            out = self.llm.create_completion(prompt=fmt(self.spec, req.messages), **kw)
             choice = out["choices"][0]
             text = choice["text"]
         n = (out.get("usage") or {}).get("completion_tokens", 0)

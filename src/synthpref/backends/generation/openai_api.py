@@ -42,6 +42,9 @@ RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 
 class OpenAIBackend(GenerationBackend):
+    NEEDS_LOCAL_WEIGHTS = False
+    COSTS_MONEY = True
+    SECONDS_PER_CALL = 2.0
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         api_base: str = Field("https://api.openai.com/v1", description="server URL up to and including /v1")

@@ -66,6 +66,15 @@ def load_answers(text: str, prompt_field: str, response_field: str, where: str) 
 
 
 class ResponsesFileBackend(GenerationBackend):
+    NEEDS_LOCAL_WEIGHTS = False
+    SECONDS_PER_CALL = 0.0
+
+    @classmethod
+    def check_spec(cls, spec) -> tuple[str, str] | None:
+        ref = spec.options.get("file") or spec.path
+        if ref.startswith(("http://", "https://")) or Path(ref).expanduser().is_file():
+            return None
+        return "path", f"responses file '{ref}' does not exist (a local JSONL or an http(s) URL)"
     class Options(GenerationBackend.Options):
         file: str | None = Field(None, description="local JSONL or http(s) URL (default: the model's path)")
         prompt_field: str = Field("prompt", description="field holding the prompt text")

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict
 
 from ...config import ModelSpec, ScorerSpec, StudyConfig, parse_options
-from ...errors import ConfigError, did_you_mean
+from ...errors import BackendError, ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,19 @@ def make_scorer(name: str, cfg: StudyConfig | None, device: str = "cpu") -> Scor
 
     spec = scorer_spec(name, cfg)
     return get_scorer_class(spec.kind)(name, spec, cfg, device)
+
+
+def score_texts(scorer_name: str, cfg: StudyConfig, items: list[ScoreItem], device: str | None = None) -> list[ScoreResult]:
+    """Score `items` with scorer `scorer_name` (a name in score.scorers, or 'keywords'); results
+    in the order of `items`. Loads the scorer's model and frees it before returning."""
+    from ...models import pick_device
+
+    scorer = make_scorer(scorer_name, cfg, device or pick_device(cfg.device))
+    try:
+        got = {r.key: r for r in scorer.score(list(items))}
+    finally:
+        scorer.close()
+    missing = [it.key for it in items if it.key not in got]
+    if missing:
+        raise BackendError(f"scorer '{scorer_name}' returned no result for {len(missing)} item(s) (first: {missing[0]})")
+    return [got[it.key] for it in items]

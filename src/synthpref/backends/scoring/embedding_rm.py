@@ -33,7 +33,6 @@ matcher scores accuracy 0.79 / kappa 0.58 on jbb-judge and 0.64 / 0.30 on pyrit-
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from ... import assets
+from ...data import PACKAGED, normalise, read_csv
 from ...rundir import hash_obj, read_json, sha256_file, write_json
 from .base import ScoreItem, ScoreResult, Scorer
 
@@ -54,14 +54,6 @@ SEED = 0
 
 
 # --------------------------------------------------------------------------- training data
-def _read_csv(path: Path) -> list[dict]:
-    """CSV rows, skipping the leading '#' comment lines PyRIT puts above the header."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
-    return list(csv.DictReader(lines))
-
-
 def training_files() -> list[Path]:
     pyrit = assets.fetch("pyrit-scorer-evals") / "objective"
     return sorted(pyrit.glob("*.csv")) + [assets.fetch("jbb") / "classifier_comparison.csv"]
@@ -69,19 +61,15 @@ def training_files() -> list[Path]:
 
 def excluded_prompts() -> set[str]:
     """Normalised objectives of the demo's training prompt set (never fitted on)."""
-    from ...stages.prompts import PACKAGED, normalise
-
     return {normalise(r["text"]) for r in PACKAGED["pyrit-harm-pairs"]()}
 
 
 def training_rows() -> list[dict]:
     """[{prompt, response, harmful (0/1), source}] from the packaged human-labelled sets."""
-    from ...stages.prompts import normalise
-
     skip = excluded_prompts()
     rows: list[dict] = []
     for f in training_files():
-        for r in _read_csv(f):
+        for r in read_csv(f):
             if f.name == "classifier_comparison.csv":
                 prompt, resp, label, src = r["goal"], r["target_response"], r["human_majority"], "jbb-judge"
             else:
@@ -173,8 +161,6 @@ def out_of_fold_harmful(prompts: list[str], responses: list[str], embedder: Embe
     `cross_validate`), any other row the full head's."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from ...stages.prompts import normalise
-
     embedder = embedder or Embedder()
     rows = training_rows()
     X = pair_features(embedder, [r["prompt"] for r in rows], [r["response"] for r in rows])
@@ -191,8 +177,6 @@ def out_of_fold_harmful(prompts: list[str], responses: list[str], embedder: Embe
 def pairwise_accuracy(head: dict, embedder: Embedder) -> dict:
     """Share of pyrit-harm-pairs where the head prefers the human-chosen (less harmful) response;
     those prompts are excluded from training, so this is held out. Ties count as errors."""
-    from ...stages.prompts import PACKAGED
-
     pairs = PACKAGED["pyrit-harm-pairs"]()
     prompts = [p["text"] for p in pairs]
     s_chosen = -head_logit(head, pair_features(embedder, prompts, [p["human_chosen"] for p in pairs]))
@@ -201,8 +185,6 @@ def pairwise_accuracy(head: dict, embedder: Embedder) -> dict:
 
 
 def fit_and_evaluate(embedder: Embedder) -> dict:
-    from ...stages.prompts import normalise
-
     rows = training_rows()
     X = pair_features(embedder, [r["prompt"] for r in rows], [r["response"] for r in rows])
     y = np.array([r["harmful"] for r in rows])

@@ -34,7 +34,9 @@ import numpy as np
 from ... import assets
 from ...rundir import hash_obj, read_json, sha256_file, write_json
 from .base import ScoreItem, ScoreResult, Scorer
-from .embedding_rm import EMBED_ASSET, Embedder, _read_csv, features, fit_head, head_logit
+from ...data import load_set, normalise, read_csv
+from ...stats import agreement
+from .embedding_rm import EMBED_ASSET, Embedder, features, fit_head, head_logit
 from .keywords import GCG_REFUSAL_PREFIXES, matched_refusal
 
 # Bump on any change to features, heads, training data selection or evaluation.
@@ -61,7 +63,7 @@ def harm_rows() -> list[dict]:
     """[{prompt, response, label}] from PyRIT's harm sets; label = mean human harm score >= 0.5."""
     out = []
     for f in _harm_files():
-        for r in _read_csv(f):
+        for r in read_csv(f):
             scores = [r[k] for k in ("human_score", "human_score_1", "human_score_2", "human_score_3")
                       if r.get(k) not in (None, "")]
             if not scores or not r["assistant_response"].strip():
@@ -75,7 +77,7 @@ def refusal_rows() -> list[dict]:
     """[{prompt, response, label}] from PyRIT's refusal sets; label 1 = a human says it is a refusal."""
     out = []
     for f in _refusal_files():
-        for r in _read_csv(f):
+        for r in read_csv(f):
             if r.get("human_score") in ("0", "1") and r["assistant_response"].strip():
                 out.append({"prompt": r["objective"], "response": r["assistant_response"], "label": int(r["human_score"])})
     return out
@@ -124,9 +126,6 @@ def fit_with_cv(X: np.ndarray, y: np.ndarray, groups: list[str]) -> tuple[dict, 
 
 
 def fit_and_evaluate(embedder: Embedder) -> dict:
-    from ...agreement import agreement, load_set
-    from ...stages.prompts import normalise
-
     rec: dict = {"version": HEAD_VERSION, "data_hash": data_hash(), "embedding_model": EMBED_ASSET,
                  "features": "[e_prompt, e_response, e_prompt*e_response, refusal keyword flag], standardised",
                  "classifier": "sklearn LogisticRegression (l2), C by grouped 5-fold CV on the training rows"}
@@ -143,6 +142,36 @@ def fit_and_evaluate(embedder: Embedder) -> dict:
     rec["agreement"] = {**agreement([r["label"] for r in jbb], preds), "set": "jbb-judge", "held_out": True,
                         "note": "fitted on none of the jbb-judge rows; C chosen on the training rows"}
     return rec
+
+
+def refusal_oof_path() -> Path:
+    return head_path().with_name(head_path().stem + "-refusal-nested-oof.json")
+
+
+def refusal_out_of_fold(embedder: Embedder | None = None) -> list[dict]:
+    """[{prompt, response, label, head_refusal}] for every PyRIT refusal row, each predicted by a
+    refusal head fitted without it: outer 5 folds grouped by prompt, and within each outer training
+    part C chosen by its own grouped CV (nested), so neither the coefficients nor C saw the row.
+    Cached next to the fitted head."""
+    path = refusal_oof_path()
+    if path.exists():
+        return read_json(path)["rows"]
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rows = refusal_rows()
+    X = judge_features(embedder or Embedder(), [r["prompt"] for r in rows], [r["response"] for r in rows])
+    y = np.array([r["label"] for r in rows])
+    groups = np.array([normalise(r["prompt"]) for r in rows])
+    pred = np.zeros(len(y), dtype=bool)
+    chosen = []
+    for tr, te in StratifiedGroupKFold(n_splits=CV_FOLDS, shuffle=True, random_state=SEED).split(X, y, groups):
+        head, cv = fit_with_cv(X[tr], y[tr], list(groups[tr]))
+        pred[te] = head_logit(head, X[te]) > 0
+        chosen.append(cv["C"])
+    out = [{"prompt": r["prompt"], "response": r["response"], "label": bool(r["label"]), "head_refusal": bool(p)}
+           for r, p in zip(rows, pred.tolist())]
+    write_json(path, {"version": HEAD_VERSION, "data_hash": data_hash(), "C_per_fold": chosen, "rows": out})
+    return out
 
 
 def load_or_fit(embedder: Embedder | None = None) -> dict:

@@ -74,6 +74,19 @@ class RewardModelScorer(Scorer):
         self.tok = None
         self.sign_margin: float | None = None
 
+    def cuda_dtype(self) -> str:
+        """score.cuda_dtype: the dtype on CUDA when the model's is auto (the authors: float16,
+        generate.py:81-83 and combine_data.py:117-119)."""
+        from ...config import ScoreConfig
+
+        return (self.cfg.score if self.cfg is not None else ScoreConfig()).cuda_dtype
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        if str(self.device).startswith("cuda") and self.model_spec.dtype == "auto":
+            ident["cuda_dtype"] = self.cuda_dtype()  # CPU scores (float32) do not depend on it
+        return ident
+
     # -- loading
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -87,7 +100,7 @@ class RewardModelScorer(Scorer):
         try:
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=spec.revision)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=torch_dtype(spec.dtype, self.device), trust_remote_code=trust,
+                path, dtype=torch_dtype(spec.dtype, self.device, self.cuda_dtype()), trust_remote_code=trust,
                 use_safetensors=None if pickle_ok else True, revision=spec.revision)
         except OSError as e:
             if Path(path).exists() and not pickle_ok:

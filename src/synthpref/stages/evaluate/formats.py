@@ -25,8 +25,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ModelSpec
-from ..errors import ConfigError, did_you_mean
+from ...config import ModelSpec
+from ...errors import ConfigError, did_you_mean
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -67,7 +67,7 @@ class Template:
 
 
 def _asset_root(asset: str) -> Path:
-    from .. import assets
+    from ... import assets
 
     return assets.fetch(asset)
 

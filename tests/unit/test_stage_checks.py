@@ -1,0 +1,70 @@
+"""Checks that used to wait for their stage now run before any compute: `synthpref validate`
+(and `run`, which calls every stage's check first) refuses them with one line."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from synthpref import runner
+from synthpref.cli import main
+from synthpref.config import parse_config
+from synthpref.errors import ConfigError
+from synthpref.validate import validate
+
+
+def _cfg(tmp_path: Path, model_dir: Path, **train) -> dict:
+    return {"name": "t", "run_dir": str(tmp_path / "run"), "device": "cpu",
+            "models": {"tgt": {"path": str(model_dir)}}, "target": "tgt",
+            "prompts": {"train": {"source": "pyrit-harm-pairs", "limit": 4}},
+            "pairs": {"settings": ["hc_self"]},
+            "train": {"use_lora": True, **train}}
+
+
+def test_top_layers_beyond_the_layer_count_is_refused_before_compute(tmp_path, tiny_model_dir):
+    # the tiny model has 2 decoder layers (tests/conftest.py)
+    bad = parse_config(_cfg(tmp_path, tiny_model_dir, lora={"top_layers": 3}))
+    problems = validate(bad, "c.yaml")
+    assert problems == ["c.yaml: train.lora.top_layers: 3 > the model's 2 layers; use at most 2"]
+    ok = parse_config(_cfg(tmp_path, tiny_model_dir, lora={"top_layers": 2}))
+    assert validate(ok, "c.yaml") == []
+    # run refuses it before the first stage writes anything
+    with pytest.raises(ConfigError, match="top_layers"):
+        runner.run_study(bad, console=Console(file=io.StringIO()))
+    assert not (tmp_path / "run").exists()
+
+
+def test_top_layers_of_an_unfetched_asset_comes_from_the_shipped_facts(tmp_path, monkeypatch):
+    from synthpref import assets
+
+    monkeypatch.setattr(assets, "is_cached", lambda name: False)
+    cfg = parse_config({**_cfg(tmp_path, Path("."), lora={"top_layers": 31}),
+                        "models": {"tgt": {"path": "smollm2-135m-instruct"}}})
+    assert any("31 > the model's 30 layers" in p for p in validate(cfg))
+
+
+def test_unknown_train_extra_key_is_refused_by_validate(tmp_path, tiny_model_dir, capsys):
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(_cfg(tmp_path, tiny_model_dir, extra={"bettta": 0.1})))
+    assert main(["validate", str(cfg)]) == 2
+    # notes (e.g. the duplicate-prompt count) are not problems
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("note: ")]
+    assert len(err) == 1 and "train.extra.bettta: not a trl.DPOConfig field" in err[0]
+
+
+def test_dry_run_fits_80_columns(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("COLUMNS", "80")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(tmp_path, tiny_model_dir)))
+    assert main(["run", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in out) <= 80
+    rows = [line for line in out if line.lstrip("│ ").startswith(("prompts", "generate", "train"))]
+    assert len(rows) >= 3  # one line per row, not a cell wrapped over three
