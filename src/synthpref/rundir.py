@@ -316,6 +316,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# CPU instruction-set extensions that change which kernels CTranslate2 (int8) and torch (oneDNN, MKL)
+# dispatch to, and so the low bits of every result: the same run on a CPU with another set can decode
+# other greedy text (docs/results/README.md measured it). Listed so two runs' machines can be compared.
+_SIMD = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+         "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def machine() -> dict:
+    """The CPU a stage ran on: architecture, model name and the SIMD extensions in _SIMD it has
+    (Linux: /proc/cpuinfo; elsewhere architecture and platform.processor() only). No host name."""
+    out = {"arch": platform.machine(), "cpu": platform.processor() or None, "simd": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return out
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        k, _, v = line.partition(":")
+        fields.setdefault(k.strip(), v.strip())
+    out["cpu"] = fields.get("model name") or fields.get("CPU part") or out["cpu"]
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    out["simd"] = [f for f in _SIMD if f in flags]
+    return out
+
+
 @dataclass
 class RunDir:
     root: Path
@@ -364,7 +391,7 @@ class RunDir:
 
         m = self.manifest()
         m.update({"synthpref_version": __version__, "git_commit": git_commit(),
-                  "packages": package_versions(), "seed": seed,
+                  "packages": package_versions(), "machine": machine(), "seed": seed,
                   "config_hash": hash_obj(config_dict)})
         m.setdefault("stages", {})
         write_json(self.manifest_path, m)
@@ -387,7 +414,8 @@ class RunDir:
             raise
         # The commit that ran this stage: a run directory's stages may come from different commits.
         self._set_stage(stage, {"status": "done", "inputs_hash": inputs_hash, "started": t0,
-                                "seconds": round(time.time() - t0, 2), "git_commit": git_commit(), **extra})
+                                "seconds": round(time.time() - t0, 2), "git_commit": git_commit(),
+                                "machine": machine(), **extra})
 
     def set_stage(self, stage: str, info: dict) -> None:
         """Record a stage's manifest entry as given (a replicate adopting a shared stage's)."""

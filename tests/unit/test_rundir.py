@@ -109,3 +109,38 @@ def test_manifest_tracks_stage_status(tmp_path):
             raise ValueError("boom")
     m = json.loads(rd.manifest_path.read_text())
     assert m["stages"]["train"]["status"] == "failed" and m["seed"] == 3 and "torch" in m["packages"]
+
+
+def test_manifest_records_the_cpu_each_stage_ran_on(tmp_path, monkeypatch):
+    """Greedy int8 text depends on the CPU's SIMD extensions, so the manifest names them, per run and
+    per stage, and the report lists a stage that ran on another CPU than the run."""
+    import platform
+
+    from synthpref import rundir as rundir_mod
+
+    rd = RunDir(tmp_path / "run").create()
+    rd.init_manifest({"x": 1}, seed=0)
+    with rd.stage_run("pairs", "h"):
+        pass
+    m = json.loads(rd.manifest_path.read_text())
+    here = rundir_mod.machine()
+    assert m["machine"] == here == m["stages"]["pairs"]["machine"]
+    assert here["arch"] == platform.machine()
+    if os.path.exists("/proc/cpuinfo") and platform.machine() == "x86_64":
+        flags = open("/proc/cpuinfo").read().split("\n\n")[0]
+        assert ("avx2" in here["simd"]) == (" avx2" in flags)
+
+    other = {**here, "simd": ["avx", "avx2", "avx512f"]}
+    monkeypatch.setattr(rundir_mod, "machine", lambda: other)
+    with rd.stage_run("train", "h2"):
+        pass
+    from pathlib import Path
+
+    from synthpref.config import load_config
+    from synthpref.stages.report import Context, _section_provenance
+
+    ctx = Context.__new__(Context)
+    ctx.rd, ctx.cfg = rd, load_config(Path(__file__).parents[2] / "configs" / "demo.yaml")
+    text = _section_provenance(ctx).body
+    assert '"stage_machines"' in text and '"avx512f"' in text
+    assert text.count('"avx512f"') == 1  # only the train stage, which ran elsewhere

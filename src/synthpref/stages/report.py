@@ -682,8 +682,13 @@ def _section_provenance(ctx: Context) -> Section:
     from ..rundir import git_commit
 
     m = ctx.rd.manifest()
-    shown = {k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages")}
-    shown["stage_commits"] = {s: (i or {}).get("git_commit") for s, i in (m.get("stages") or {}).items()}
+    shown = {k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages", "machine")}
+    stages = m.get("stages") or {}
+    shown["stage_commits"] = {s: (i or {}).get("git_commit") for s, i in stages.items()}
+    # the CPU each stage ran on, where it differs from the run's (a run resumed on another machine)
+    moved = {s: i["machine"] for s, i in stages.items() if (i or {}).get("machine") not in (None, m.get("machine"))}
+    if moved:
+        shown["stage_machines"] = moved
     shown["report_rendered_by"] = git_commit()
     manifest = json.dumps(shown, indent=2)
     return Section("Config and versions", render("sections/provenance.md.j2", manifest_json=manifest,
