@@ -44,6 +44,7 @@ class Run:
     evals: dict[str, dict]  # evaluated model -> eval/<model>/results.json
     probe: dict | None
     label: str = ""
+    machine: dict | None = None  # manifest.json's `machine` (the CPU); None for runs made before it was kept
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,26 @@ def load_run(path: str | Path) -> Run:
     return Run(root=root, name=str(cfg.get("name") or root.name), target=target_path(cfg),
                seed=cfg["replicate_seed"] if cfg.get("replicate_seed") is not None else cfg.get("seed"),  # `seeds`
                judges=list(safety.get("judges") or []), settings=list((cfg.get("pairs") or {}).get("settings") or []),
-               evals=evals, probe=read_optional_json(root / "probe" / "results.json"))
+               evals=evals, probe=read_optional_json(root / "probe" / "results.json"),
+               machine=(read_optional_json(root / "manifest.json") or {}).get("machine"))
+
+
+def machine_note(runs: list[Run]) -> str | None:
+    """A line when the runs' CPUs differ or are not all known: greedy text, and so every rate, can
+    differ between CPUs with other SIMD extensions alone (int8 and float kernels are chosen by them)."""
+    def cpu(m: dict) -> str:
+        return f"{m.get('arch')}, {', '.join(m.get('simd') or []) or 'no SIMD listed'}"
+
+    unknown = [r.label for r in runs if not r.machine]
+    known = {cpu(r.machine) for r in runs if r.machine}
+    if len(known) > 1:
+        return ("The runs ran on CPUs with different SIMD extensions (" + "; ".join(
+            f"{r.label}: {cpu(r.machine)}" for r in runs if r.machine) + "): the same study decodes other text "
+                "on another CPU, so part of any difference between these runs can be the machine's.")
+    if unknown and len(runs) > 1:
+        return (f"The CPU is not recorded for {', '.join(unknown)} (made before synthpref recorded it): "
+                "if it ran on another CPU than the others, part of any difference can be the machine's.")
+    return None
 
 
 def label_runs(runs: list[Run]) -> None:
@@ -395,6 +415,8 @@ def to_markdown(res: dict) -> str:
     lines += _table(["run", "folder", "study", "target", "seed", "paper model"],
                     [[r["label"], f"`{r['path']}`", r["name"], r["target"], str(r["seed"]), r["paper_model"] or "—"]
                      for r in res["runs"]])
+    if res.get("machine_note"):
+        lines += [res["machine_note"], ""]
     h = res["headline"]
     if h is None:
         lines += ["No ASR measure is shared by every run, so there is no headline figure.", ""]
@@ -451,6 +473,7 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> dict:
                   "paper_model": paper_model(r.target), "settings": setting_order(r.evals)} for r in runs],
         "headline": None, "other_measures": [], "agreement": rank_agreement(runs, main),
         "general": general, "separability": sep, "left_out": left + left_general + sep_notes,
+        "machines": {r.label: r.machine for r in runs}, "machine_note": machine_note(runs),
     }
     if main is not None:
         rows = asr_rows(runs, main)

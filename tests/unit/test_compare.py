@@ -121,3 +121,24 @@ def test_paper_model_matching():
     assert cmp.paper_model("Qwen/Qwen2.5-7B") == "Qwen-2.5-7B"
     assert cmp.paper_model("mistralai/Mistral-7B-v0.3") == "Mistral-7B-v0.3"
     assert cmp.paper_model("Qwen/Qwen2.5-72B-Instruct") is None and cmp.paper_model("smollm2-135m-instruct") is None
+
+
+def test_runs_on_different_cpus_are_named(tmp_path):
+    """The same study decodes other text on a CPU with other SIMD extensions: compare says when the
+    runs' CPUs differ, and when a run's CPU is not recorded."""
+    asr = {"sft": {"harm": 0.6, "keywords": 0.9}, "hc_self": {"harm": 0.2, "keywords": 0.7}}
+    a, b = make_run(tmp_path / "a", name="x"), make_run(tmp_path / "b", name="y", asr=asr)
+
+    def set_machine(run, simd):
+        m = json.loads((Path(run) / "manifest.json").read_text())
+        m["machine"] = {"arch": "x86_64", "cpu": "test cpu", "simd": simd}
+        (Path(run) / "manifest.json").write_text(json.dumps(m))
+
+    assert cmp.compare_runs([a, b], tmp_path / "o1")["machine_note"].startswith("The CPU is not recorded for")
+    set_machine(a, ["avx", "avx2"])
+    set_machine(b, ["avx", "avx2"])
+    assert cmp.compare_runs([a, b], tmp_path / "o2")["machine_note"] is None
+    set_machine(b, ["avx", "avx2", "avx512f"])
+    res = cmp.compare_runs([a, b], tmp_path / "o3")
+    assert "different SIMD extensions" in res["machine_note"] and "avx512f" in res["machine_note"]
+    assert res["machine_note"] in (tmp_path / "o3" / "compare.md").read_text()
