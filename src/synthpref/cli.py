@@ -18,8 +18,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="study YAML file")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.beta=0.05")
     p.add_argument("--run-dir", help="run directory (default: runs/<study name>)")
-    p.add_argument("--overrides-file", help="YAML mapping of key.sub: value overrides, applied before the "
-                   "command line's (e.g. configs/smoke/cpu.yaml)")
+    p.add_argument("--overrides-file", action="append", default=[], help="YAML mapping of key.sub: value "
+                   "overrides, applied before the command line's (e.g. configs/smoke/cpu.yaml); repeat it to "
+                   "layer recipes, later files winning")
     p.add_argument("--smoke", action="store_true", help="every stage at toy size (few prompts, two training "
                    "steps, short answers, tiny eval limits) into <run dir>-smoke; the changes print first")
 
@@ -27,7 +28,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from .config import load_config, overrides_from_file
 
-    overrides = overrides_from_file(args.overrides_file) if getattr(args, "overrides_file", None) else []
+    overrides = [o for path in getattr(args, "overrides_file", None) or [] for o in overrides_from_file(path)]
     overrides += list(args.overrides)
     if getattr(args, "run_dir", None):
         overrides.append(f"run_dir={args.run_dir}")

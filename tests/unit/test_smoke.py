@@ -61,6 +61,25 @@ def test_overrides_may_follow_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "cmd_run", lambda args: seen.update(vars(args)) or 0)
     assert cli.main(["run", str(PAPER), "--smoke", "train.beta=0.2", "--overrides-file", str(RECIPE), "seed=1"]) == 0
-    assert seen["overrides"] == ["train.beta=0.2", "seed=1"] and seen["smoke"] and seen["overrides_file"] == str(RECIPE)
+    assert seen["overrides"] == ["train.beta=0.2", "seed=1"] and seen["smoke"] and seen["overrides_file"] == [str(RECIPE)]
     with pytest.raises(SystemExit):
         cli.main(["run", str(PAPER), "--smoke", "--no-such-flag"])
+
+
+def test_recipes_layer_in_order_and_the_qwen_recipe_keeps_the_family(monkeypatch):
+    """`--overrides-file` repeated: later files win. The Qwen configs' recipe trains a Qwen target with
+    the larger Qwen as its stronger model; everything else is cpu.yaml's."""
+    from synthpref import cli
+
+    qwen = ROOT / "configs" / "smoke" / "cpu_qwen.yaml"
+    for name in ("qwen2_7b", "qwen25_7b"):
+        cfg = cli._load(cli.build_parser().parse_args(
+            ["run", str(ROOT / "configs" / "paper" / f"{name}.yaml"), "--smoke", "--overrides-file", str(RECIPE),
+             "--overrides-file", str(qwen)]))
+        assert cfg.models["target"].path == "qwen2.5-coder-0.5b-instruct"
+        assert cfg.models["stronger"].path == "qwen2.5-coder-1.5b-instruct" and not cfg.models["stronger"].stand_in_for
+        assert cfg.train.num_processes == 1 and cfg.device == "cpu"  # the second file over the first
+        assert cfg.models["peer_b"].path == "gemma-3-270m" and cfg.train.max_steps == 2  # the first, and --smoke
+    swapped = cli._load(cli.build_parser().parse_args(
+        ["run", str(PAPER), "--overrides-file", str(qwen), "--overrides-file", str(RECIPE)]))
+    assert swapped.models["target"].path == "smollm2-135m-instruct"  # order decides
