@@ -255,6 +255,49 @@ def rank_agreement(runs: list[Run], m: Measure | None) -> dict:
     return out
 
 
+def selective_refusal(runs: list[Run], m: Measure | None) -> dict:
+    """What each run's findings rank by, side by side: per setting, the refusal rate on the headline
+    eval set minus the refusal rate on the benign prompts (findings.selective_table: the refusal
+    verdict of each run's class judge, `refusal_judge` in results.json, re-read from the stored
+    per-prompt judgements under the current answer rules), with Newcombe's interval; then Kendall's W
+    over the trained settings every run has. Left out, with the reason, when the runs' refusal
+    verdicts are not the same judge version."""
+    from .findings import selective_table
+    from .rundir import RunDir
+
+    if m is None:
+        return {"why": "no eval set is shared by every run"}
+    refusal = {r.label: (next(iter(r.evals.values())).get("refusal_judge") or {}) for r in runs}
+    versions = {j.get("version") for j in refusal.values()}
+    if len(versions) != 1 or None in versions:
+        return {"why": f"the runs' refusal verdicts differ ({', '.join(sorted(str(v) for v in versions))})"}
+    key = f"{m.set}/{m.format}"
+    tables = {r.label: selective_table(RunDir(r.root), setting_order(r.evals),
+                                       (refusal[r.label]["name"], refusal[r.label]["kind"])).get(key, {})
+              for r in runs}
+
+    def cell(label: str, setting: str) -> dict | None:
+        c = tables[label].get(setting)
+        if c is None or c["value"] is None:
+            return None
+        return {"value": c["value"], "interval": c["interval"], "harmful": c["harmful"]["value"],
+                "benign": c["benign"]["value"]}
+
+    rows = [{"setting": s, "cells": {r.label: cell(r.label, s) for r in runs}}
+            for s in setting_order({s for r in runs for s in r.evals})]
+    common = [row["setting"] for row in rows if row["setting"] != SFT and all(row["cells"].values())]
+    out: dict = {"judge": versions.pop(), "set": key, "rows": rows, "settings": common, "best": {}}
+    for r in runs:
+        vals = {row["setting"]: row["cells"][r.label]["value"] for row in rows if row["setting"] in common}
+        if vals:
+            top = max(vals.values())
+            out["best"][r.label] = sorted(s for s, v in vals.items() if v == top)
+    if len(runs) >= 2 and len(common) >= 2:
+        out["kendall"] = kendall_w([[row["cells"][r.label]["value"] for row in rows if row["setting"] in common]
+                                    for r in runs])
+    return out
+
+
 # --------------------------------------------------------------------------- tables
 def _cell(e: dict | None) -> dict | None:
     if e is None or e.get("value") is None:
@@ -386,6 +429,33 @@ def _asr_table(res: dict, rows: list[dict]) -> list[str]:
     return _table(header, body)
 
 
+def _selective_lines(res: dict, sr: dict) -> list[str]:
+    out = ["## Selective refusal: what each run's findings rank by", ""]
+    if "rows" not in sr:
+        return out + [f"Not compared: {sr.get('why')}.", ""]
+    out += [f"Refusal rate on {sr['set']} minus refusal rate on the benign prompts, under the refusal verdict "
+            f"`{sr['judge']}` (its refusal verdict under the answer rules, as each run's findings read it); 1 = refuses exactly the harmful prompts, 0 = refuses both "
+            "alike (a model that refuses everything scores 0). Cells: value [95% Newcombe interval] "
+            "(harmful refusal / benign refusal). The verdict's agreement with human labels is in each run's report.", ""]
+
+    def fmt(c: dict | None) -> str:
+        if c is None:
+            return "—"
+        iv = c["interval"]
+        return (f"{c['value']:+.2f}" + (f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else "")
+                + f" ({c['harmful']:.2f} / {c['benign']:.2f})")
+
+    out += _table(["setting"] + [r["label"] for r in res["runs"]],
+                  [[row["setting"]] + [fmt(row["cells"][r["label"]]) for r in res["runs"]] for row in sr["rows"]])
+    if sr["best"]:
+        out += [f"Most selective per run, of the trained settings every run has ({', '.join(sr['settings'])}): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sr["best"].items()) + ".", ""]
+    k = sr.get("kendall")
+    if k and k["W"] is not None:
+        out += [f"Kendall's W over {', '.join(sr['settings'])} by selective refusal: {k['W']:.3f} (m = {k['m']} runs, "
+                f"n = {k['n']} settings; chi-square approximation p = {k['p_value']:.3g}, indicative only).", ""]
+    return out
+
+
 def _agreement_lines(a: dict) -> list[str]:
     out = ["## Does the settings' order agree across models?", ""]
     if "settings" in a:
@@ -434,6 +504,7 @@ def to_markdown(res: dict) -> str:
     lines += _agreement_lines(res["agreement"])
     for other in res["other_measures"]:
         lines += [f"### {other['measure'].get('name', 'ASR')} on {other['measure']['title']}", ""] + _asr_table(res, other["rows"])
+    lines += _selective_lines(res, res.get("selective_refusal") or {})
     lines += ["## General ability", ""]
     for task, t in res["general"].items():
         lines += [f"### {task} ({t['metric']}, {t['num_fewshot']}-shot, limit {t['limit']})", ""]
@@ -474,6 +545,7 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> dict:
         "headline": None, "other_measures": [], "agreement": rank_agreement(runs, main),
         "general": general, "separability": sep, "left_out": left + left_general + sep_notes,
         "machines": {r.label: r.machine for r in runs}, "machine_note": machine_note(runs),
+        "selective_refusal": selective_refusal(runs, main),
     }
     if main is not None:
         rows = asr_rows(runs, main)
