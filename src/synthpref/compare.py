@@ -381,13 +381,15 @@ def headline_figure(runs: list[Run], m: Measure, rows: list[dict], path: Path, n
     colors = plt.get_cmap("tab10")
     paper_drawn = False
     for j, row in enumerate(rows):
+        labelled = False  # each setting in the legend once, from the first run that has it
         for i, r in enumerate(runs):
             x = i - 0.4 + width * (j + 0.5)
             c = row["cells"][r.label]
             if c is not None:
                 lo, hi = c["interval"] or (c["value"], c["value"])
-                ax.bar(x, c["value"], width * 0.9, color=colors(j % 10), label=row["setting"] if i == 0 else None,
+                ax.bar(x, c["value"], width * 0.9, color=colors(j % 10), label=None if labelled else row["setting"],
                        yerr=[[c["value"] - lo], [hi - c["value"]]], capsize=2, error_kw={"lw": 0.8})
+                labelled = True
             if r.label in row["paper"]:
                 ax.plot(x, row["paper"][r.label], "kx", ms=6,
                         label=None if paper_drawn else "paper (its model, GPT-4o judge)")

@@ -182,3 +182,18 @@ def test_selective_refusal_side_by_side_from_each_runs_answers(tmp_path):
 
     c = run(tmp_path / "c", "z", {"sft": (5, 0), "hc_self": (8, 0)}, version="paper-keywords-v2")
     assert "refusal verdicts differ" in cmp.compare_runs([a, c], tmp_path / "out2")["selective_refusal"]["why"]
+
+
+def test_headline_legend_names_a_setting_the_first_run_lacks(tmp_path, monkeypatch):
+    from synthpref import figures
+
+    a = make_run(tmp_path / "a", name="x")
+    b = make_run(tmp_path / "b", name="y", asr={"sft": {"harm": 0.5, "keywords": 0.9}, "hc_self": {"harm": 0.3, "keywords": 0.7},
+                                                "stronger_self": {"harm": 0.4, "keywords": 0.8}})
+    seen = {}
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: seen.setdefault("legend", [
+        t.get_text() for lg in fig.legends for t in lg.get_texts()]) and real(fig, path))
+    cmp.compare_runs([a, b], tmp_path / "out")
+    assert {"sft", "hc_self", "self_rm", "stronger_self"} <= set(seen["legend"])
+    assert len(seen["legend"]) == len(set(seen["legend"]))  # each once
