@@ -15,6 +15,7 @@ leaves a half-written file. JSONL outputs are appended one record at a time thro
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -323,6 +324,7 @@ _SIMD = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "av
          "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
 
 
+@functools.cache  # the CPU does not change within a process; every stage records it
 def machine() -> dict:
     """The CPU a stage ran on: architecture, model name and the SIMD extensions in _SIMD it has
     (Linux: /proc/cpuinfo; elsewhere architecture and platform.processor() only). No host name."""
