@@ -56,9 +56,6 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from .estimate import print_plan
 
-        if cfg.seeds:
-            print(f"seeds {cfg.seeds}: the plan below is one seed's; generate (sampled answers), score, pairs, "
-                  f"probe, train and evaluate (trained models) run once per seed", file=sys.stderr)
         print_plan(cfg, only)
         return 0
     run_study(cfg, only=only, force=args.force, source=args.config)  # each stage's check runs first

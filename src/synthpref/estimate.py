@@ -18,16 +18,30 @@ from .stages import ORDER, all_stages
 
 
 def estimate(cfg: StudyConfig) -> dict:
-    """rows: (stage, item, work, wall seconds or None, GPU-hours or None, size note), in stage order."""
+    """rows: (stage, item, work, wall seconds or None, GPU-hours or None, size note), in stage order,
+    for one seed. With `seeds`, the totals count every seed: the shared stages once (those whose key
+    the replicate seed does not change: runner.shared_stages), every later stage once per seed.
+    `repeated` names the latter; `seeds` is how many seeds the totals count."""
+    from .runner import seed_configs, shared_stages
     from .stages.prompts import count
 
     n_eval = sum(count(s) for s in cfg.prompts.eval.values())
     plan = Plan.of(cfg, count(cfg.prompts.train), n_eval, count(cfg.prompts.benign))
     rows = [(name, *row) for name, st in all_stages() for row in st.estimate(cfg, plan)]
-    total_s = sum(r[3] for r in rows if r[3] is not None)
-    gpu_h = sum(r[4] for r in rows if r[4] is not None)
+    runs = seed_configs(cfg)
+    repeated: list[str] = []
+    if len(runs) > 1:
+        shared = shared_stages(runs[0][1], runs[1][1])
+        repeated = [s for s in ORDER if s not in shared]
+
+    def times(r) -> int:
+        return len(runs) if r[0] in repeated else 1
+
+    total_s = sum(r[3] * times(r) for r in rows if r[3] is not None)
+    gpu_h = sum(r[4] * times(r) for r in rows if r[4] is not None)
     return {"rows": rows, "total_s": total_s, "gpu_hours": gpu_h, "device": "cuda" if plan.gpu else "cpu",
-            "n_train": plan.n_train, "n_eval": plan.n_eval, "unknown": [f"{r[0]}:{r[1]}" for r in rows if r[3] is None]}
+            "n_train": plan.n_train, "n_eval": plan.n_eval, "unknown": [f"{r[0]}:{r[1]}" for r in rows if r[3] is None],
+            "seeds": len(runs), "repeated": repeated}
 
 
 def _table(est: dict, wanted: list[str], done: dict) -> Table:
@@ -63,5 +77,10 @@ def print_plan(cfg: StudyConfig, only=None) -> None:
         console.print("✓ = up to date in the run directory, will be skipped")
     console.print("stages in order: " + " -> ".join(s for s in ORDER if s in wanted))
     gh = f", {est['gpu_hours']:.0f} GPU-hours" if est["device"] == "cuda" else ""
-    console.print(f"estimated total: {est['total_s'] / 3600:.1f} h wall{gh} (upper bound on tokens; order of "
+    seeds = ""
+    if est["seeds"] > 1:
+        console.print(f"{est['seeds']} seeds: the rows above are one seed's; {', '.join(est['repeated'])} run once "
+                      "per seed, the stages before them once (shared)")
+        seeds = f" for {est['seeds']} seeds"
+    console.print(f"estimated total{seeds}: {est['total_s'] / 3600:.1f} h wall{gh} (upper bound on tokens; order of "
                   f"magnitude; '?' rows not included)")

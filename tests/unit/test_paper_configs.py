@@ -58,6 +58,23 @@ def test_dry_run_plan_is_in_stage_order_with_real_sizes(path, monkeypatch):
     assert gen["target"][4] is not None and gen["stronger"][4] > 0
 
 
+def test_dry_run_with_seeds_counts_the_repeated_stages_once_per_seed(monkeypatch):
+    """--seeds 3: prompts and SFT are shared (once); generate .. report run for every seed, so the
+    total is the shared rows plus three times the rest."""
+    from synthpref.cli import with_seeds
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(PAPER[0])
+    one, three = estimate.estimate(cfg), estimate.estimate(with_seeds(cfg, 3))
+    assert one["seeds"] == 1 and one["repeated"] == []
+    assert three["seeds"] == 3 and three["repeated"][0] == "generate" and "sft" not in three["repeated"]
+    assert three["rows"] == one["rows"]  # the table stays one seed's
+    shared = sum(r[3] for r in one["rows"] if r[3] is not None and r[0] not in three["repeated"])
+    per_seed = one["total_s"] - shared
+    assert shared > 0 and per_seed > 0
+    assert three["total_s"] == pytest.approx(shared + 3 * per_seed)
+
+
 def test_sizes_come_from_config_json_not_names(tmp_path):
     # A folder named like a 70B model holding a tiny config.json is tiny...
     d = tmp_path / "Llama-3.1-70B-Instruct"
