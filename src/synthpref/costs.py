@@ -51,7 +51,7 @@ class Plan:
         plan = cls(cfg, gpu, n_train, n_eval, n_benign, None, None)
         plan.target = plan.size(cfg.target)
         b = cfg.train.base_model
-        plan.start = plan.size(b) if b and b not in cfg.models else plan.target
+        plan.start = plan.size(b) if b else plan.target  # a name in `models` or an asset/folder/hub id
         return plan
 
     @property

@@ -108,8 +108,12 @@ def _size(c: dict, source: str) -> ModelSize:
 
 
 def _read_config(path: str, revision: str | None) -> tuple[dict | None, str]:
-    from . import hub
+    from . import assets, hub
     from .models import resolve_path
+
+    if path in assets.ASSETS and not assets.is_cached(path):  # never fetch (download, convert) to size it
+        ids = [h for h in assets.ASSETS[path].hub_ids if h in FACTS]
+        return (dict(FACTS[ids[0]]), "table") if ids else (None, "")
 
     try:
         local = Path(resolve_path(path))
@@ -161,10 +165,5 @@ def model_size(path: str, revision: str | None = None) -> ModelSize | None:
 def layer_count(path: str, revision: str | None = None) -> int | None:
     """Decoder layers of a model, read without downloading or converting anything: a packaged
     asset that is not fetched yet is looked up by the hub repo it stands in for."""
-    from . import assets
-
-    if path in assets.ASSETS and not assets.is_cached(path):
-        ids = [h for h in assets.ASSETS[path].hub_ids if h in FACTS]
-        return FACTS[ids[0]]["num_hidden_layers"] if ids else None
     size = model_size(path, revision)
     return size.num_layers if size else None

@@ -92,6 +92,29 @@ def test_sizes_come_from_config_json_not_names(tmp_path):
     assert rows[("generate", "t")][3] is None and rows[("generate", "t")][5] == "size unknown"
 
 
+def test_sizing_a_packaged_model_that_is_not_fetched_fetches_nothing(monkeypatch):
+    from synthpref import assets
+
+    def no_fetch(*a, **k):
+        raise AssertionError("the dry run fetched an asset")
+
+    monkeypatch.setattr(assets, "is_cached", lambda name: False)
+    monkeypatch.setattr(assets, "fetch", no_fetch)
+    monkeypatch.setattr(assets, "resolve_asset_path", no_fetch)
+    sz = model_facts.model_size("qwen2.5-coder-0.5b-instruct")
+    assert sz.source == "table" and 0.4e9 < sz.params < 0.6e9
+    assert model_facts.layer_count("smollm2-135m-instruct") == 30
+
+
+def test_sft_is_costed_at_the_size_of_the_base_model_it_names(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(PAPER[0])
+    stronger = cfg.roles.stronger[0]
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"base_model": stronger})})
+    plan = estimate.Plan.of(cfg, 8, 8, 8)
+    assert plan.start.params == plan.size(stronger).params > plan.target.params
+
+
 def test_param_counts_match_the_published_sizes():
     """Computed from the config.json fields: Llama-2-7B 6.74B, Mistral-7B 7.24B, Qwen2-7B 7.62B,
     Llama-3.1-8B 8.03B, Mixtral-8x7B 46.7B (12.9B active), Qwen2-72B 72.7B."""
