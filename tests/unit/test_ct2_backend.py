@@ -69,6 +69,49 @@ def test_unconvertible_model_names_model_and_hf(cache, tmp_path):
     assert not (cache / "ct2" / "bert-x").exists()
 
 
+def test_pickle_weights_convert_only_when_the_config_allows_pickle(cache, tiny_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_dir, d)
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    import torch
+
+    torch.save(AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict(), d / "pytorch_model.bin")
+    assert (d / "pytorch_model.bin").exists() and not list(d.glob("*.safetensors"))
+    with pytest.raises(BackendError, match=r"has no \.safetensors.*allow_pickle: true"):
+        get_backend_class("ct2")(spec_of(d, quantization="float32"))
+    assert not [p for p in (cache / "ct2").glob("*") if p.is_dir()]  # nothing half-written
+    spec = spec_of(d, quantization="float32").model_copy(update={"allow_pickle": True})
+    assert (get_backend_class("ct2")(spec).model_dir / "model.bin").exists()
+
+
+def test_a_hub_id_is_snapshotted_without_pickle_files_then_converted(cache, tiny_dir, monkeypatch):
+    import huggingface_hub
+
+    asked = {}
+
+    def snapshot(repo_id, revision=None, ignore_patterns=None):  # the hub is unreachable here
+        asked.update(repo=repo_id, revision=revision, ignore=ignore_patterns)
+        return str(tiny_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    spec = ModelSpec(path="someorg/tiny-llama", revision="abc", backend="ct2", options={"quantization": "float32"})
+    b = get_backend_class("ct2")(spec)
+    assert (b.model_dir / "model.bin").exists() and b.model_dir.name.startswith("tiny-llama-float32-")
+    assert asked["repo"] == "someorg/tiny-llama" and asked["revision"] == "abc" and "*.bin" in asked["ignore"]
+
+    def down(*a, **k):
+        raise OSError("Cannot reach the hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", down)
+    with pytest.raises(BackendError, match=r"someorg/other.*cannot download.*models.<name>.path"):
+        get_backend_class("ct2")(spec.model_copy(update={"path": "someorg/other"}))
+
+
 def test_no_repeat_ngram_and_shape(cache, tiny_dir):
     b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
     # greedy_penalties: the greedy request gets the n-gram block too (by default greedy takes none)

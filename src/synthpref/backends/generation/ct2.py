@@ -141,10 +141,16 @@ def conversion_key(identity: Any, quantization: str) -> str:
 
 
 def convert_folder(source: Path, dest: Path, quantization: str, model_name: str,
-                   trust_remote_code: bool = False) -> Path:
-    """Convert the HF folder `source` into `dest` (skipped when dest is complete); atomic rename."""
+                   trust_remote_code: bool = False, allow_pickle: bool = False) -> Path:
+    """Convert the HF folder `source` into `dest` (skipped when dest is complete); atomic rename.
+    The converter loads the weights with transformers, which falls back to pickle (.bin) files
+    when a folder has no safetensors: such a folder is refused unless the config allows pickle."""
     if (dest / "model.bin").exists():
         return dest
+    if not allow_pickle and not any(Path(source).glob("*.safetensors")):
+        raise BackendError(f"model '{model_name}': {source} has no .safetensors weights, and converting its pickle "
+                           "weights (.bin/.pt) would run code from the file; set models.<name>.allow_pickle: true "
+                           "only if you trust it, or convert the weights to safetensors")
     ct2 = _import_ct2(f"model '{model_name}'")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -167,6 +173,27 @@ def convert_folder(source: Path, dest: Path, quantization: str, model_name: str,
     return dest
 
 
+def is_hub_id(ref: str) -> bool:
+    """An org/name reference that is neither a packaged asset nor an existing folder."""
+    from ...models import resolve_path
+
+    return "/" in ref and not ref.startswith((".", "/", "~")) and not Path(resolve_path(ref)).is_dir()
+
+
+def hub_snapshot(spec: ModelSpec) -> Path:
+    """The local snapshot of hub model `spec` (downloaded once into the hub cache), without pickle
+    files unless the config allows pickle for this model."""
+    from huggingface_hub import snapshot_download
+
+    ignore = None if spec.allow_pickle else ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"]
+    try:
+        return Path(snapshot_download(spec.path, revision=spec.revision, ignore_patterns=ignore))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"model '{spec.path}': cannot download it from the hub for CTranslate2 ({reason[:200]}); "
+                           "check the id and your access, or point models.<name>.path at a local folder") from None
+
+
 def converted_model(spec: ModelSpec, quantization: str, source: Path | None = None) -> Path:
     """The cached CTranslate2 folder of `spec` (converting it on first use)."""
     from ...models import resolve_path
@@ -182,7 +209,7 @@ def converted_model(spec: ModelSpec, quantization: str, source: Path | None = No
     if done:
         return done[0]
     dest = cache_root() / f"{name}-{quantization}-{key}"
-    return convert_folder(src, dest, quantization, spec.path, spec.trust_remote_code)
+    return convert_folder(src, dest, quantization, spec.path, spec.trust_remote_code, spec.allow_pickle)
 
 
 # --------------------------------------------------------------------------- backend
@@ -221,6 +248,8 @@ class CT2Backend(GenerationBackend):
         from ...models import load_tokenizer
 
         self.ct2_device = _ct2_device(ct2, device)
+        if source_dir is None and model_dir is None and is_hub_id(spec.path):
+            source_dir = hub_snapshot(spec)  # tokenizer, eos ids and conversion all read the snapshot
         self.quantization = resolve_quantization(self.options.quantization, self.ct2_device)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             spec if source_dir is None else spec.model_copy(update={"path": str(source_dir), "revision": None}))
@@ -311,7 +340,8 @@ class CT2Backend(GenerationBackend):
     # The quantization comes from the starting model's `options.quantization` (auto: int8 on CPU).
     @classmethod
     def _eval_quantization(cls, target: EvalTarget) -> str:
-        kind = "cuda" if str(target.device).startswith("cuda") else "cpu"
+        # The device ct2 will run on (CPU when it sees no GPU), so the key names what actually runs.
+        kind = _ct2_device(_import_ct2(f"model '{target.spec.path}'"), target.device)
         return resolve_quantization(cls.own_options(target.spec).options.get("quantization", "auto"), kind)
 
     @classmethod
@@ -349,14 +379,14 @@ class CT2Backend(GenerationBackend):
     def _convert_trained(target: EvalTarget, model_dir: Path, q: str, is_adapter: bool) -> None:
         start, d = target.spec, target.weights
         if not is_adapter:
-            convert_folder(d, model_dir, q, str(d), start.trust_remote_code)
+            convert_folder(d, model_dir, q, str(d), start.trust_remote_code, start.allow_pickle)
             return
         from ...lineage import save_merged
 
         tmp = target.work_dir / ".merged_for_ct2"
         save_merged(*target.load(), tmp)
         try:
-            convert_folder(tmp, model_dir, q, f"{start.path} + {target.name}", start.trust_remote_code)
+            convert_folder(tmp, model_dir, q, f"{start.path} + {target.name}", start.trust_remote_code)  # safetensors
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
