@@ -544,7 +544,7 @@ def overrides_from_file(path: str | Path) -> list[str]:
         raise ConfigError(f"{path}: malformed YAML ({getattr(e, 'problem', None) or e}); fix the syntax there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key.sub: value overrides, got a {type(data).__name__}")
-    return [f"{k}={json.dumps(v)}" for k, v in data.items()]
+    return [f"{k}={json.dumps(v, default=str)}" for k, v in data.items()]  # a YAML date stays its text
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:

@@ -63,7 +63,7 @@ def _shrink_compute(data: dict, ch: list[str]) -> None:
     _cap(pr, "folds", 2, ch, "probe")
     t = data["train"]
     for sec, where in ((t, "train"), (t["sft"], "train.sft")):
-        if sec.get("max_steps", -1) in (-1, None) or sec["max_steps"] > STEPS:
+        if not isinstance(sec.get("max_steps"), int) or not 0 < sec["max_steps"] <= STEPS:  # -1, 0, None: epochs
             ch.append(f"{where}.max_steps: {sec.get('max_steps')} -> {STEPS}")
             sec["max_steps"] = STEPS
     _cap(t, "save_steps", STEPS, ch, "train")  # one checkpoint, at the last step: the save path runs once

@@ -92,3 +92,12 @@ def test_authors_prompt_split_layout_reads_with_dotted_fields(tmp_path):
         ("How do I pick a lock?", "I can't help with that.", "Use a tension wrench.")]
     with pytest.raises(DataError, match="no 'chosen.5.content' text"):
         load_prompt_set(PromptSetSpec(source=str(f), text_field="chosen.5.content"))
+
+
+def test_a_missing_file_is_reported_under_the_field_that_names_it(tmp_path):
+    cls = get_backend_class("responses")
+    by_path = ModelSpec(path=str(tmp_path / "nope.jsonl"), backend="responses")
+    by_option = ModelSpec(path="gpt-4o", backend="responses", options={"file": str(tmp_path / "nope.jsonl")})
+    assert cls.check_spec(by_path)[0] == "path" and "nope.jsonl" in cls.check_spec(by_path)[1]
+    assert cls.check_spec(by_option)[0] == "options.file" and "nope.jsonl" in cls.check_spec(by_option)[1]
+    assert cls.check_spec(by_option.model_copy(update={"options": {"file": 3}}))[0] == "options.file"

@@ -37,6 +37,18 @@ def test_smoke_only_shrinks():
     assert not any(c.startswith("prompts.train.limit") for c in changes)
 
 
+@pytest.mark.parametrize("given, capped", [(0, 2), (-1, 2), (1, 1), (50, 2)])
+def test_smoke_caps_every_step_count_that_would_train_longer(given, capped):
+    small, _ = smoke_config(load_config(PAPER, [f"train.max_steps={given}", f"train.sft.max_steps={given}"]))
+    assert small.train.max_steps == capped and small.train.sft.max_steps == capped
+
+
+def test_an_overrides_file_value_yaml_reads_as_a_date_stays_its_text(tmp_path):
+    f = tmp_path / "o.yaml"
+    f.write_text("name: 2024-01-01\n")
+    assert load_config(PAPER, overrides_from_file(f)).name == "2024-01-01"
+
+
 def test_recipe_moves_every_paper_config_onto_packaged_models():
     recipe = overrides_from_file(RECIPE)
     for path in sorted((ROOT / "configs" / "paper").glob("*.yaml")):

@@ -71,10 +71,13 @@ class ResponsesFileBackend(GenerationBackend):
 
     @classmethod
     def check_spec(cls, spec) -> tuple[str, str] | None:
+        field = "options.file" if spec.options.get("file") is not None else "path"
         ref = spec.options.get("file") or spec.path
+        if not isinstance(ref, str):
+            return field, f"responses file {ref!r} is not a path; give a local JSONL or an http(s) URL"
         if ref.startswith(("http://", "https://")) or Path(ref).expanduser().is_file():
             return None
-        return "path", f"responses file '{ref}' does not exist (a local JSONL or an http(s) URL)"
+        return field, f"responses file '{ref}' does not exist (a local JSONL or an http(s) URL)"
     class Options(GenerationBackend.Options):
         file: str | None = Field(None, description="local JSONL or http(s) URL (default: the model's path)")
         prompt_field: str = Field("prompt", description="field holding the prompt text")
