@@ -2,17 +2,15 @@
 
 Safety rules: weights load from safetensors only, unless the config sets `allow_pickle` for
 that model; `trust_remote_code` is passed only when the config sets it for that model. One
-model is held at a time: callers use `loaded_model(...)`, which frees it (and the CUDA cache)
-on exit, so the CPU demo stays well under 8 GB RSS.
+model is held at a time: each stage drops its model and calls `free()` (the garbage collector and
+the CUDA cache) before the next one loads, so the CPU demo stays well under 8 GB RSS.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 from pathlib import Path
-from typing import Iterator
 
 from . import assets
 from .config import ModelSpec
@@ -111,9 +109,8 @@ def load_causal_lm(spec: ModelSpec | str, device: str = "cpu"):
     return model
 
 
-def free(*objs) -> None:
-    for o in objs:
-        del o
+def free() -> None:
+    """Collect garbage and empty the CUDA cache; the caller drops its own references first."""
     gc.collect()
     try:
         import torch
@@ -122,18 +119,6 @@ def free(*objs) -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
-
-
-@contextlib.contextmanager
-def loaded_model(spec: ModelSpec | str, device: str = "cpu") -> Iterator[tuple]:
-    """(model, tokenizer), freed on exit so the next stage's model fits."""
-    tok = load_tokenizer(spec)
-    model = load_causal_lm(spec, device)
-    try:
-        yield model, tok
-    finally:
-        del model
-        free()
 
 
 def set_threads() -> None:

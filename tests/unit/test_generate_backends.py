@@ -243,3 +243,37 @@ def test_vllm_data_parallel_on_cpu_splits_the_cores():
         assert sets[0] and sets[1] and not sets[0] & sets[1] and sets[0] | sets[1] <= set(cores)
     problem = _dp_envs(len(cores) + 1, 1, "cpu")
     assert isinstance(problem, str) and f"{len(cores)} available" in problem
+
+
+def _reports(rank, queue):
+    queue.put((rank, [("k", [1], "stop")], None))
+
+
+def _dies(rank, queue):
+    import os
+
+    os._exit(9)  # as the OOM killer would leave it: no report
+
+
+def test_vllm_data_parallel_collect_names_an_engine_that_died_instead_of_waiting_for_ever():
+    import multiprocessing as mp
+
+    from synthpref.backends.generation.vllm_backend import collect
+    from synthpref.errors import BackendError
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=f, args=(r, queue)) for r, f in enumerate((_reports, _reports))]
+    for p in procs:
+        p.start()
+    assert sorted(r for r, _, _ in collect(queue, procs, poll_s=0.5)) == [0, 1]
+    procs = [ctx.Process(target=f, args=(r, queue)) for r, f in enumerate((_reports, _dies))]
+    for p in procs:
+        p.start()
+    got = []
+    with pytest.raises(BackendError, match=r"engine 1 exited with code -?9 without answering"):
+        for r, _, _ in collect(queue, procs, poll_s=0.5):
+            got.append(r)
+    assert got == [0]
+    for p in procs:
+        p.join()

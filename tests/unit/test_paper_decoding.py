@@ -53,11 +53,17 @@ def test_incremental_ngram_index_matches_the_full_scan(seed):
     import random
 
     rng = random.Random(seed)
-    for n in (1, 2, 3, 4):
+    for n in (0, 1, 2, 3, 4):
         ids, index = [rng.randrange(5) for _ in range(rng.randrange(0, 4))], NGramIndex(n)
         for _ in range(30):
             assert index.banned(ids) == banned_ngram_tokens(ids, n), (ids, n)
             ids = ids + [rng.randrange(5) for _ in range(rng.choice((1, 1, 2)))]
+        # as vLLM gives it: the prompt, the output so far and a not yet filled placeholder (-1) after k
+        prompt, output, index = [rng.randrange(5) for _ in range(rng.randrange(0, 4))], [], NGramIndex(n)
+        for _ in range(30):
+            want = banned_ngram_tokens(prompt + output, n)
+            assert index.banned(prompt, output + [-1], len(output)) == want, (prompt, output, n)
+            output = output + [rng.randrange(5) for _ in range(rng.choice((1, 1, 2)))]
 
 
 # --------------------------------------------------------------------------- hf, for real

@@ -110,7 +110,8 @@ def estimate(cfg: StudyConfig, plan) -> list[tuple]:
         cls = get_backend_class(spec.backend)
         if not cls.NEEDS_LOCAL_WEIGHTS:
             calls = plan.n_train * (mp.num_samples + int(mp.greedy))
-            rows.append((m, f"{tokens:,} tokens ({spec.backend})", calls * (cls.SECONDS_PER_CALL or 0.0) / 8, 0.0, ""))
+            note = f"{calls:,} billed calls" if cls.COSTS_MONEY else ""
+            rows.append((m, f"{tokens:,} tokens ({spec.backend})", calls * (cls.SECONDS_PER_CALL or 0.0) / 8, 0.0, note))
             continue
         sz = plan.size(m)
         if sz is None:

@@ -87,15 +87,23 @@ class NGramIndex:
         self.seen: dict[tuple, set[int]] = {}
         self.done = 0  # ids[:done] are indexed
 
-    def banned(self, ids: list[int]) -> set[int]:
-        """Tokens banned after `ids` (prompt + output so far; it only grows between calls)."""
-        n = self.n
-        for j in range(max(self.done, n - 1), len(ids)):
-            self.seen.setdefault(tuple(ids[j - n + 1:j]), set()).add(ids[j])
-        self.done = max(self.done, len(ids))
-        if n <= 0 or len(ids) + 1 < n:
+    def banned(self, prompt: list[int], output: list[int] = (), k: int | None = None) -> set[int]:
+        """Tokens banned after prompt + output[:k] (k: all of output), a sequence that only grows
+        between calls. The two parts are read in place, never joined, so a step stays O(new tokens)."""
+        n, p = self.n, len(prompt)
+        length = p + (len(output) if k is None else k)
+        if n <= 0:
             return set()
-        return self.seen.get(tuple(ids[len(ids) - n + 1:]), set())
+
+        def at(j: int) -> int:
+            return prompt[j] if j < p else output[j - p]
+
+        for j in range(max(self.done, n - 1), length):
+            self.seen.setdefault(tuple(at(i) for i in range(j - n + 1, j)), set()).add(at(j))
+        self.done = max(self.done, length)
+        if length + 1 < n:
+            return set()
+        return self.seen.get(tuple(at(i) for i in range(length - n + 1, length)), set())
 
 
 @dataclass(frozen=True)

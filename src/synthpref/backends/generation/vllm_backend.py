@@ -156,6 +156,29 @@ def _dp_envs(dp: int, tp: int, device: str) -> list[dict] | str:
     return [{"VLLM_CPU_OMP_THREADS_BIND": "|".join(ranks[r * tp:(r + 1) * tp])} for r in range(dp)]
 
 
+
+def collect(queue, procs, poll_s: float = 10.0):
+    """(rank, results, error) from each data-parallel engine process as it reports. An engine that
+    dies without reporting (killed for memory, a crash in native code) is an error naming it, not
+    a wait for ever: it is declared lost after two polls find it exited and the queue empty."""
+    import queue as queue_mod
+
+    pending, lost = set(range(len(procs))), {}
+    while pending:
+        try:
+            rank, res, err = queue.get(timeout=poll_s)
+        except queue_mod.Empty:
+            for r in sorted(pending):
+                if procs[r].exitcode is not None:
+                    lost[r] = lost.get(r, 0) + 1
+                    if lost[r] >= 2:
+                        raise BackendError(f"vllm data parallel: engine {r} exited with code {procs[r].exitcode} "
+                                           "without answering (killed for memory? a crash?); see its log above, or "
+                                           "lower data_parallel_size") from None
+            continue
+        pending.discard(rank)
+        yield rank, res, err
+
 class VLLMBackend(GenerationBackend):
     class Options(LocalModelOptions):
         tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallel)")
@@ -237,8 +260,7 @@ class VLLMBackend(GenerationBackend):
             procs.append(proc)
         try:
             errors = []
-            for _ in procs:
-                rank, res, err = queue.get()
+            for rank, res, err in collect(queue, procs):
                 if err:
                     errors.append(f"engine {rank}: {err}")
                     continue

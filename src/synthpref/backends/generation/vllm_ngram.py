@@ -69,7 +69,7 @@ class NoRepeatNGramProcessor(LogitsProcessor):
             k = len(output)
             while k and output[k - 1] < 0:  # an async-scheduling placeholder not yet filled in
                 k -= 1
-            banned = index.banned(prompt + output[:k])
+            banned = index.banned(prompt, output, k)
             if banned:
                 logits[i, list(banned)] = float("-inf")
         return logits
