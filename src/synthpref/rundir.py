@@ -388,13 +388,17 @@ class RunDir:
         write_json(self.manifest_path, m)
         return m
 
-    def init_manifest(self, config_dict: dict, seed: int) -> None:
+    def init_manifest(self, config_dict: dict, seed: int, replicate_seed: int | None = None) -> None:
+        """`seed`: the study's; `replicate_seed`: the seed of this run's sampled work, for one seed
+        of a `seeds` study (kept only then)."""
         from . import __version__
 
         m = self.manifest()
         m.update({"synthpref_version": __version__, "git_commit": git_commit(),
                   "packages": package_versions(), "machine": machine(), "seed": seed,
                   "config_hash": hash_obj(config_dict)})
+        if replicate_seed is not None:
+            m["replicate_seed"] = replicate_seed
         m.setdefault("stages", {})
         write_json(self.manifest_path, m)
 

@@ -199,7 +199,7 @@ def run_seeds(cfg: StudyConfig, *, only=None, force: bool = False, console: Cons
 def _run_locked(cfg: StudyConfig, rd: RunDir, only, force: bool, console: Console) -> dict[str, dict]:
     cfg_dict = cfg.model_dump(mode="json")
     write_text(rd.path("config.yaml"), dump_config(cfg))
-    rd.init_manifest(cfg_dict, cfg.seed)
+    rd.init_manifest(cfg_dict, cfg.seed, cfg.replicate_seed)
     hashes = stage_hashes(cfg)
     results: dict[str, dict] = {}
     wanted = list(only) if only else list(ORDER)

@@ -88,6 +88,12 @@ def test_probe_stage_results_plot_warning_cache_and_determinism(tmp_path, tiny_m
     a, b = read_json(rd2.path("probe", "results.json")), res
     assert a["rows"] == b["rows"] and a["warnings"] == b["warnings"]
 
+    # Switched off, the probe leaves no earlier results behind for the report to read as this run's.
+    off = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"enabled": False})})
+    assert "skipped" in probe.run(off, rd)
+    assert not rd.path("probe", "results.json").exists() and not rd.path("probe", "layers.png").exists()
+    assert sorted(rd.path("probe", "cache").rglob("shard-*.npz")) == shards  # the cache stays for later
+
 
 def test_probe_reports_the_configured_layer_not_the_best(tmp_path, tiny_model_dir):
     """probe.layer picks the reported layer in advance (probed even off the stride); the figure is

@@ -92,6 +92,9 @@ def test_two_seeds_share_greedy_and_sft_work_and_differ_in_sampled(study, genera
         assert (one / "train" / s / "done.json").exists() and (one / "eval" / s / "results.json").exists()
     assert _read(run / "pairs" / "self_rm.jsonl") != _read(one / "pairs" / "self_rm.jsonl")
     assert "one seed of a `seeds` study" in (one / "report" / "report.md").read_text()
+    m0, m1 = json.loads((run / "manifest.json").read_text()), json.loads((one / "manifest.json").read_text())
+    assert m0["seed"] == m1["seed"] == 0 and "replicate_seed" not in m0 and m1["replicate_seed"] == 1
+    assert '"replicate_seed": 1' in (one / "report" / "report.md").read_text()
     assert "seed 0, the first of a `seeds` study (also seeds 1)" in (run / "report" / "report.md").read_text()
     res = json.loads((run / "seeds" / "seeds.json").read_text())
     assert res["seeds"] == [0, 1] and res["runs"] == {"0": ".", "1": "seeds/seed-1"}

@@ -509,6 +509,9 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     from ..models import pick_device, set_threads
 
     if not cfg.probe.enabled:
+        from ..rundir import retire_unlisted
+
+        retire_unlisted(rd, "probe", ["cache"])  # an earlier run's results are not this run's
         return {"skipped": "probe.enabled is false"}
     console = Console(stderr=True)
     set_threads()

@@ -683,6 +683,8 @@ def _section_provenance(ctx: Context) -> Section:
 
     m = ctx.rd.manifest()
     shown = {k: m.get(k) for k in ("synthpref_version", "git_commit", "seed", "packages", "machine")}
+    if m.get("replicate_seed") is not None:  # one seed of a `seeds` study: the seed of its sampled work
+        shown = {**dict(list(shown.items())[:3]), "replicate_seed": m["replicate_seed"], **dict(list(shown.items())[3:])}
     stages = m.get("stages") or {}
     shown["stage_commits"] = {s: (i or {}).get("git_commit") for s, i in stages.items()}
     # the CPU each stage ran on, where it differs from the run's (a run resumed on another machine)
