@@ -447,6 +447,9 @@ class StudyConfig(Strict):
             raise ValueError(f"seeds: {self.seeds} does not include seed ({self.seed}), whose run the other seeds "
                              f"share prompts and SFT with; add {self.seed} to seeds or set seed to one of them")
         names = set(self.models)
+        if "human" in names:  # generate/human.jsonl holds the prompts' human-written answers
+            raise ValueError("models: 'human' is the name of the prompts' human-written answers; "
+                             "give this model another name")
         if self.target not in names:
             raise ValueError(f"target: '{self.target}' is not in models{did_you_mean(self.target, names)}")
         for role, members in self.roles.model_dump().items():

@@ -209,7 +209,7 @@ PACKAGED_ASSETS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- human-labelled judge sets
-def _jbb() -> list[dict]:
+def _jbb_judge() -> list[dict]:
     rows = read_csv(assets.fetch("jbb") / "classifier_comparison.csv")
     return [{"prompt": r["goal"], "response": r["target_response"], "label": r["human_majority"] == "1"} for r in rows]
 
@@ -233,7 +233,7 @@ def _pyrit_refusal() -> list[dict]:
 
 # set name -> (loader, what the positive human label means)
 LABELLED_SETS: dict[str, tuple[Callable[[], list[dict]], str]] = {
-    "jbb-judge": (_jbb, "harmful"),
+    "jbb-judge": (_jbb_judge, "harmful"),
     "pyrit-objective": (_pyrit_objective, "harmful"),
     "pyrit-refusal": (_pyrit_refusal, "refusal"),
 }

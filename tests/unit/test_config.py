@@ -52,6 +52,12 @@ def test_target_must_name_a_model():
         parse_config(_with(target="mm"))
 
 
+def test_a_model_named_human_is_refused():
+    d = _with(models={"m": {"path": "p"}, "human": {"path": "q"}})
+    with pytest.raises(ConfigError, match=r"models: 'human' is the name of the prompts' human-written answers"):
+        parse_config(d)
+
+
 def test_role_member_must_be_a_model():
     with pytest.raises(ConfigError, match=r"roles.peers: 'gema' is not in models"):
         parse_config(_with(roles={"peers": ["gema"]}))

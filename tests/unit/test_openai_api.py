@@ -191,3 +191,20 @@ def test_runtime_options_do_not_invalidate_finished_records(server, tmp_path):
 
     assert h(max_concurrency=2, timeout_s=5) == h(max_concurrency=64)
     assert h(api_base="http://a/v1") != h(api_base="http://b/v1")
+
+
+def test_sampling_settings_do_not_invalidate_a_greedy_only_models_answers(tmp_path):
+    """The GPT-4o role answers once, greedily (num_samples 0): a new temperature for the target's
+    samples must not discard its paid answers; a sampled model's records are keyed by them."""
+    def h(model, **sampling):
+        cfg = parse_config({"name": "api", "target": "tgt", "pairs": {"settings": ["self_rm"]},
+                            "models": {"api": {"path": "gpt-test", "backend": "openai"}, "tgt": {"path": "t"}},
+                            "generate": {"sampling": sampling, "overrides": {"api": {"num_samples": 0}}},
+                            "prompts": {"train": {"source": "advbench"}}})
+        return generate.model_inputs_hash(cfg, model, [], generate.model_plan(cfg, model))
+
+    assert h("api", temperature=0.5) == h("api", temperature=0.9, top_p=0.5, top_k=3, repetition_penalty=1.0)
+    assert h("api", max_new_tokens=128) != h("api", max_new_tokens=64)
+    assert h("api", greedy_penalties=True, repetition_penalty=1.2) != h("api", greedy_penalties=True,
+                                                                          repetition_penalty=1.0)
+    assert h("tgt", temperature=0.5) != h("tgt", temperature=0.9)

@@ -211,6 +211,10 @@ def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: Mo
     cls = get_backend_class(cfg.models[name].backend)
     spec["options"] = cls.record_options(spec["options"], device)
     params = {k: v for k, v in asdict(plan.params).items() if k not in ("batch_size", "inherit_generation_config")}
+    if plan.num_samples == 0:  # greedy only (e.g. the GPT-4o role): the sampling settings cannot change its texts,
+        used = ["max_new_tokens", "greedy_penalties"]  # so changing them keeps its (maybe paid) answers
+        used += ["repetition_penalty", "no_repeat_ngram_size"] if plan.params.greedy_penalties else []
+        params = {k: params[k] for k in used}
     # The authors' switches enter the hash only where they change this model's texts, so records
     # made before they existed (or by backends that ignore them, e.g. paid API answers) stay valid.
     if plan.params.inherit_generation_config and cls.INHERITS_GENERATION_CONFIG:
