@@ -184,6 +184,25 @@ def test_unknown_setting_sft_and_unknown_source_are_config_errors(tmp_path):
         settings.resolve_settings(study_config(tmp_path, pairs=bad))
 
 
+def test_a_setting_whose_side_no_model_answers_is_refused_before_generation(tmp_path):
+    from synthpref.stages import Checks
+
+    def problems(settings_, generate):
+        checks = Checks("s.yaml")
+        pairs.check(study_config(tmp_path, pairs={"settings": settings_}, generate=generate), checks)
+        return checks.problems
+
+    chosen, rejected = problems(["self_rm"], {"overrides": {"tgt": {"num_samples": 0}}})
+    assert chosen.startswith("s.yaml: pairs setting 'self_rm': no model on its chosen side (tgt) makes sampled answers")
+    assert "its rejected side (tgt)" in rejected
+    [p] = problems(["hc_self"], {"sampling": {"greedy": False}})
+    assert "'hc_self': no model on its rejected side (tgt) makes greedy answers" in p
+    ps = problems(["peer_rm"], {"sources": ["tgt"]})
+    assert len(ps) == 2 and "'peer_rm': no model on its chosen side (peer1, peer2)" in ps[0]
+    # one member that answers is enough; the peers' samples alone feed Peer+RM ("any")
+    assert problems(["peer_rm", "self_rm"], {"overrides": {"peer1": {"num_samples": 0, "greedy": False}}}) == []
+
+
 def test_custom_setting_and_preset_override_from_config(tmp_path):
     custom = {"peer1_vs_self": {"chosen": ["peer1"], "rejected": ["self"], "rejected_kind": "greedy"},
               "self_rm": {"chosen": ["self"], "rejected": ["self"], "chosen_kind": "sample",

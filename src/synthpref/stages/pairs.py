@@ -38,11 +38,44 @@ VERSION = 1
 
 
 def check(cfg: StudyConfig, checks: Checks) -> None:
-    """Every requested setting is known and names sources the study has."""
+    """Every requested setting is known, names sources the study has, and has on each side a model
+    that makes the kind of answer that side takes."""
     try:
-        resolve_settings(cfg)
+        specs = resolve_settings(cfg)
     except SynthprefError as e:
         checks.error(str(e))  # the message already names pairs.settings or the setting
+        return
+    for name, spec in specs.items():
+        for side in ("chosen", "rejected"):
+            problem = side_without_answers(cfg, name, side, spec)
+            if problem:
+                checks.error(problem)
+
+
+def side_without_answers(cfg: StudyConfig, setting: str, side: str, spec) -> str | None:
+    """A side whose models make none of the answers it takes would leave the setting without a pair,
+    found out only after generation (num_samples 0 for a sampled side, greedy off for a greedy one,
+    or generate.sources leaving its models out): the problem, else None."""
+    from .generate import model_plan
+
+    models, human = expand_sources(cfg, getattr(spec, side))
+    if human or not models:
+        return None
+    kind = getattr(spec, f"{side}_kind")
+    listed = set(cfg.generate.sources) if cfg.generate.sources else None
+
+    def yields(m: str) -> bool:
+        if listed is not None and m not in listed:
+            return False
+        p = model_plan(cfg, m)
+        return {"greedy": p.greedy, "sample": p.num_samples > 0}.get(kind, p.greedy or p.num_samples > 0)
+
+    if any(yields(m) for m in models):
+        return None
+    what = {"greedy": "greedy answers", "sample": "sampled answers"}.get(kind, "answers")
+    return (f"pairs setting '{setting}': no model on its {side} side ({', '.join(sorted(models))}) makes {what} "
+            f"(see generate.sources, generate.sampling / generate.overrides: num_samples, greedy), so it would get "
+            f"no pairs; generate them or drop '{setting}' from pairs.settings")
 
 
 def estimate(cfg: StudyConfig, plan) -> list[tuple]:
