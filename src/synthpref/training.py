@@ -523,9 +523,13 @@ def launch(cfg: StudyConfig, rd: RunDir, name: str, inputs_hash: str) -> dict:
         env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise look for a GPU
     linux = sys.platform.startswith("linux")
     rc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent if linux else None).returncode
-    if rc != 0 or not is_done(rd, name, inputs_hash):
+    if rc != 0:
         raise SynthprefError(f"train.launcher: `accelerate launch` for '{name}' exited with code {rc}; "
                              f"its output is above; re-run to resume from train/{name}/checkpoints/")
+    if not is_done(rd, name, inputs_hash):
+        raise SynthprefError(f"train.launcher: `accelerate launch` for '{name}' finished without writing "
+                             f"train/{name}/done.json for these inputs (its output is above); re-run to resume "
+                             f"from train/{name}/checkpoints/")
     return {**read_json(rd.path("train", name, "done.json")), "seconds": round(time.time() - t0, 2),
             "skipped": False}
 

@@ -235,6 +235,10 @@ def test_same_inputs_give_identical_bytes(tmp_path):
                      for p in sorted(rd.path("pairs").rglob("*.jsonl"))} | {"stats": rd.path("pairs", "stats.json").read_bytes()})
     assert outs[0] == outs[1]
     json.loads(outs[0]["stats"])
+    # the card is written when asked for, and an earlier one is retired when it no longer is
+    assert rd.path("pairs", "README.md").exists()
+    pairs.run(cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"card": False})}), rd)
+    assert not rd.path("pairs", "README.md").exists()
 
 
 def test_push_to_hub_only_when_configured(tmp_path, monkeypatch):

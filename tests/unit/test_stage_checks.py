@@ -37,6 +37,16 @@ def test_top_layers_beyond_the_layer_count_is_refused_before_compute(tmp_path, t
     assert not (tmp_path / "run").exists()
 
 
+def test_probe_layer_beyond_the_hidden_states_is_refused_before_compute(tmp_path, tiny_model_dir):
+    bad = parse_config({**_cfg(tmp_path, tiny_model_dir), "probe": {"layer": 3}})
+    assert validate(bad, "c.yaml") == ["c.yaml: probe.layer: 3, but the target has hidden states 0..2 (0 = embeddings, "
+                                       "2 = last layer); use one of those or null for the last"]
+    assert validate(parse_config({**_cfg(tmp_path, tiny_model_dir), "probe": {"layer": 2}}), "c.yaml") == []
+    with pytest.raises(ConfigError, match="probe.layer"):
+        runner.run_study(bad, console=Console(file=io.StringIO()))
+    assert not (tmp_path / "run").exists()
+
+
 def test_top_layers_of_an_unfetched_asset_comes_from_the_shipped_facts(tmp_path, monkeypatch):
     from synthpref import assets
 

@@ -408,7 +408,8 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     stats["reward_agreement"] = reward_agreement(cfg)
     write_json(out / "stats.json", stats)
     # A setting no longer in the config must not be trained, probed or reported: it moves to stale/.
-    retire_unlisted(rd, "pairs", [f"{n}.jsonl" for n in specs] + ["stats.json", "README.md", "drops"])
+    retire_unlisted(rd, "pairs", [f"{n}.jsonl" for n in specs] + ["stats.json", "drops"]
+                    + (["README.md"] if cfg.pairs.card else []))  # no card asked for: none left from before
     retire_unlisted(rd, "pairs/drops", [f"{n}.jsonl" for n in specs])
     if cfg.pairs.card:
         write_text(out / "README.md", dataset_card(cfg, specs, stats["settings"]))

@@ -474,7 +474,7 @@ def _setting_result(rows: list[dict], n_pairs: int, layer: int | None, pooling: 
 def _method(pc, layers: list[int], layer: int | None) -> dict:
     return {"classifier": "StandardScaler + LogisticRegression(C=1) (surface: TF-IDF 1-2 grams + counts)",
             "cv": f"GroupKFold by prompt_id, {pc.folds} folds (fewer when there are fewer pairs)",
-            "ci": "Wilson 95% score interval, n = pairs", "layers": layers, "pooling": pc.pooling,
+            "ci": "Wilson 95% score interval, n = distinct prompts (the CV groups; `n_pairs` counts them)", "layers": layers, "pooling": pc.pooling,
             "reported": ({"layer": layer, "pooling": pc.pooling[0],
                           "rule": "fixed in advance: probe.layer (null = last layer) and the first probe.pooling; "
                                   "not a maximum over layers"} if layer is not None else None),
@@ -494,7 +494,22 @@ def _summary(per_setting: dict[str, dict], warnings: list[str]) -> dict:
 
 
 def check(cfg: StudyConfig, checks) -> None:
-    """Nothing beyond what the config's own types check."""
+    """probe.layer names a hidden state the target has (read from its config.json, nothing loaded),
+    so a bad index is refused before generation rather than after it."""
+    if not (cfg.probe.enabled and "hidden" in cfg.probe.features and cfg.probe.layer is not None):
+        return
+    from ..lineage import base_model_spec
+    from ..model_facts import layer_count
+
+    base = base_model_spec(cfg)  # the probed model is its SFT model: the same layers
+    n = layer_count(base.path, base.revision)
+    if n is None:
+        checks.note(f"probe.layer: the layer count of '{base.path}' could not be read; checked when the probe runs")
+        return
+    try:
+        reported_layer(cfg.probe.layer, n)
+    except ConfigError as e:
+        checks.error(str(e))
 
 
 def estimate(cfg: StudyConfig, plan) -> list[tuple]:

@@ -122,7 +122,8 @@ def load_pairs(cfg: StudyConfig, rd: RunDir, setting: str, tok, spec: ModelSpec)
 
     TRL 1.x has no `max_prompt_length`; `train.max_prompt_length` bounds the user message here
     (keeping its start), and `train.max_length` bounds prompt + answer inside TRL (keep_start).
-    The target's system prompt, if it has one, is prepended as it was at generation time.
+    The target's system prompt, if it has one, is prepended (DPO trains in the chat template; under
+    `generate.sampling.generation_prompt: raw` the answers were generated without it)
     """
     path = pairs_path(rd, setting)
     recs = read_jsonl(path, required=PAIR_FIELDS)
@@ -258,9 +259,6 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
         else:
             res = train_setting(cfg, rd, s)
         summary["settings"][s] = summary_row(res)
-    skipped = [s for s in cfg.pairs.settings if s not in settings]
-    if skipped:
-        summary["no_pairs"] = skipped
     # The model of a setting that was dropped, or whose pairs became empty, moves to stale/, so
     # evaluation and the report never pick it up.
     folder = rd.path("train")
