@@ -57,7 +57,8 @@ def make_run(root: Path, *, name: str = "study", target: str = "smollm2-135m-ins
            "prompts": {"train": {"source": "pyrit-human-pairs", "offset": 0, "limit": pairs_per_setting}},
            "generate": {"sampling": {"num_samples": 5, "temperature": 0.5, "top_p": 0.9, "max_new_tokens": 48,
                                      "min_chars": 5}, "overrides": {}},
-           "score": {"scorers": {"rm": {"kind": "embedding_rm", "model": None}}, "reward": "rm"},
+           "score": {"scorers": {"rm": {"kind": "embedding_rm", "model": None}, "harm": {"kind": "harm_head"},
+                                 "keywords": {"kind": "keywords"}}, "reward": "rm"},
            "pairs": {"settings": settings, "custom": {}},
            "evaluate": {"safety": {"judges": ["keywords", "harm"]}},
            "train": {"beta": 0.1, "loss_type": "sigmoid", "learning_rate": 0.001, "num_train_epochs": 1}}

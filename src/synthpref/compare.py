@@ -255,25 +255,48 @@ def rank_agreement(runs: list[Run], m: Measure | None) -> dict:
     return out
 
 
+def ranked_refusal(r: Run) -> tuple[str, str, str | None] | None:
+    """(name, kind, version) of the refusal verdict run `r`'s findings rank by
+    (findings.refusal_choice on its own config and results); the class judge recorded in
+    results.json when the run's config no longer parses under this version."""
+    from .config import parse_config
+    from .findings import refusal_choice
+
+    first = next(iter(r.evals.values()))
+    try:
+        choice = refusal_choice(parse_config(read_run_config(r.root)), r.evals)[0]
+    except Exception:  # a run written by an older synthpref whose config this one refuses
+        j = first.get("refusal_judge") or {}
+        choice = (j["name"], j["kind"]) if j.get("name") else None
+    if choice is None:
+        return None
+    version = next((((res.get("judges") or {}).get(choice[0]) or {}).get("version") for res in r.evals.values()
+                    if ((res.get("judges") or {}).get(choice[0]) or {}).get("version")), None)
+    if version is None and (first.get("refusal_judge") or {}).get("name") == choice[0]:
+        version = first["refusal_judge"].get("version")
+    return choice[0], choice[1], version
+
+
 def selective_refusal(runs: list[Run], m: Measure | None) -> dict:
     """What each run's findings rank by, side by side: per setting, the refusal rate on the headline
-    eval set minus the refusal rate on the benign prompts (findings.selective_table: the refusal
-    verdict of each run's class judge, `refusal_judge` in results.json, re-read from the stored
-    per-prompt judgements under the current answer rules), with Newcombe's interval; then Kendall's W
-    over the trained settings every run has. Left out, with the reason, when the runs' refusal
-    verdicts are not the same judge version."""
+    eval set minus the refusal rate on the benign prompts (findings.selective_table under the refusal
+    verdict each run's findings rank by, `ranked_refusal`, re-read from the stored per-prompt
+    judgements under the current answer rules), with Newcombe's interval; then Kendall's W over the
+    trained settings every run has. Left out, with the reason, when the runs rank by verdicts of
+    different judges (kind and version)."""
     from .findings import selective_table
     from .rundir import RunDir
 
     if m is None:
         return {"why": "no eval set is shared by every run"}
-    refusal = {r.label: (next(iter(r.evals.values())).get("refusal_judge") or {}) for r in runs}
-    versions = {j.get("version") for j in refusal.values()}
-    if len(versions) != 1 or None in versions:
-        return {"why": f"the runs' refusal verdicts differ ({', '.join(sorted(str(v) for v in versions))})"}
+    refusal = {r.label: ranked_refusal(r) for r in runs}
+    judges = {(j[1], j[2]) if j else None for j in refusal.values()}
+    if len(judges) != 1 or None in judges or None in next(iter(judges)):
+        shown = sorted(f"{j[0]} ({j[2]})" if j else "none" for j in refusal.values())
+        return {"why": f"the runs' refusal verdicts differ ({', '.join(dict.fromkeys(shown))})"}
     key = f"{m.set}/{m.format}"
     tables = {r.label: selective_table(RunDir(r.root), setting_order(r.evals),
-                                       (refusal[r.label]["name"], refusal[r.label]["kind"])).get(key, {})
+                                       refusal[r.label][:2]).get(key, {})
               for r in runs}
 
     def cell(label: str, setting: str) -> dict | None:
@@ -286,7 +309,9 @@ def selective_refusal(runs: list[Run], m: Measure | None) -> dict:
     rows = [{"setting": s, "cells": {r.label: cell(r.label, s) for r in runs}}
             for s in setting_order({s for r in runs for s in r.evals})]
     common = [row["setting"] for row in rows if row["setting"] != SFT and all(row["cells"].values())]
-    out: dict = {"judge": versions.pop(), "set": key, "rows": rows, "settings": common, "best": {}}
+    names = sorted({j[0] for j in refusal.values()})
+    out: dict = {"judge": " / ".join(names), "judge_version": next(iter(judges))[1], "set": key, "rows": rows,
+                 "settings": common, "best": {}}
     for r in runs:
         vals = {row["setting"]: row["cells"][r.label]["value"] for row in rows if row["setting"] in common}
         if vals:
@@ -436,7 +461,8 @@ def _selective_lines(res: dict, sr: dict) -> list[str]:
     if "rows" not in sr:
         return out + [f"Not compared: {sr.get('why')}.", ""]
     out += [f"Refusal rate on {sr['set']} minus refusal rate on the benign prompts, under the refusal verdict "
-            f"`{sr['judge']}` (its refusal verdict under the answer rules, as each run's findings read it); 1 = refuses exactly the harmful prompts, 0 = refuses both "
+            f"`{sr['judge']}`" + (f" ({sr['judge_version']})" if sr.get("judge_version") else "")
+            + " (its refusal verdict under the answer rules, as each run's findings read it); 1 = refuses exactly the harmful prompts, 0 = refuses both "
             "alike (a model that refuses everything scores 0). Cells: value [95% Newcombe interval] "
             "(harmful refusal / benign refusal). The verdict's agreement with human labels is in each run's report.", ""]
 

@@ -130,11 +130,14 @@ def fig_asr(evals: dict[str, dict], out: Path, set_name: str, judge: str, labels
     for k, f in enumerate(formats):
         xs = [i + (k - (len(formats) - 1) / 2) * width for i in range(len(models))]
         es = [cells[(m, f)] for m in models]
-        vals = [e["value"] if e else 0.0 for e in es]
+        vals = [e["value"] if e else float("nan") for e in es]  # no entry: no bar (a 0 bar would read as 0%)
         err = [[e["value"] - e["ci_low"] if e and e.get("ci_low") is not None else 0 for e in es],
                [e["ci_high"] - e["value"] if e and e.get("ci_high") is not None else 0 for e in es]]
         ax.bar(xs, vals, width=width, yerr=err, capsize=3, color=[COLORS[setting_group(m)] for m in models],
                alpha=1.0 - 0.6 * k / max(len(formats), 1), edgecolor="black", linewidth=0.3)
+        for x, e in zip(xs, es):
+            if not e:
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="#555555")
     ax.set_xticks(list(range(len(models))), [labels.get(m, m) for m in models], rotation=30, ha="right")
     ax.set_ylabel(f"{measure} ({judge})")
     ax.set_ylim(0, 1)

@@ -3,8 +3,9 @@
 The report's numbers are computed from eval/<model>/safety_samples.jsonl and
 over_refusal_samples.jsonl, which also hold the model input with its chat template and every
 judge's raw output. This writes what a reader needs to re-check each number and nothing more:
-per answer the prompt, the answer, each judge's verdict and score, the refusal verdict under the
-current rules (synthpref.answer_classes) and the answer class; and the probe's results.json.
+per answer the prompt, the answer, each judge's verdict and score, the class judge's refusal verdict
+under the current rules (synthpref.answer_classes) and the answer class, the verdict the findings
+rank by where that is another judge's (`ranked_refusal`); and the probe's results.json.
 
 Layout (under the report folder): per_prompt/<model>.safety.jsonl, per_prompt/<model>.benign.jsonl,
 per_prompt/probe_results.json. Rows sorted by set, format, prompt id, so a re-render is byte-identical.
@@ -31,8 +32,11 @@ def _judge(j: dict) -> dict:
     return out
 
 
-def row(sample: dict, judge: str | None, kind: str | None, benign: bool) -> dict:
-    """One answer: join keys, prompt, answer, every judge's verdict, refusal verdict and class."""
+def row(sample: dict, judge: str | None, kind: str | None, benign: bool,
+        ranked: tuple[str, str] | None = None) -> dict:
+    """One answer: join keys, prompt, answer, every judge's verdict, refusal verdict and class.
+    `ranked`: (name, kind) of the refusal verdict the findings rank by (findings.refusal_choice),
+    written as `ranked_refusal` where it is not the class judge's, so each rate can be re-checked."""
     js = sample.get("judges") or {}
     out = {k: sample.get(k) for k in ("model", "set", "format", "prompt_id", "prompt", "response", "n_tokens",
                                       "finish_reason")}
@@ -41,10 +45,15 @@ def row(sample: dict, judge: str | None, kind: str | None, benign: bool) -> dict
         cls = answer_classes.sample_class(sample.get("response") or "", js[judge], kind, benign,
                                           prompt=sample.get("prompt") or "")
         out.update({"refusal": cls["refusal"], "class": cls["class"], "rules": answer_classes.RULES_VERSION})
+    if ranked and ranked[0] != judge and ranked[0] in js:
+        r = answer_classes.sample_class(sample.get("response") or "", js[ranked[0]], ranked[1], benign,
+                                        prompt=sample.get("prompt") or "")
+        out["ranked_refusal"] = {"judge": ranked[0], "refusal": r["refusal"]}
     return out
 
 
-def write(rd: RunDir, out: Path, models: list[str], judge: str | None, kind: str | None) -> list[Path]:
+def write(rd: RunDir, out: Path, models: list[str], judge: str | None, kind: str | None,
+          ranked: tuple[str, str] | None = None) -> list[Path]:
     """Write the per-prompt files of `models` under out/per_prompt/ (and remove the others there: they
     are derived from eval/, which keeps every answer); returns the files written."""
     folder = out / "per_prompt"
@@ -54,7 +63,7 @@ def write(rd: RunDir, out: Path, models: list[str], judge: str | None, kind: str
             f = rd.path("eval", m, src)
             if f.exists():
                 dest = folder / f"{m}.{name}.jsonl"
-                rows = sorted((row(s, judge, kind, benign) for s in read_jsonl(f)),
+                rows = sorted((row(s, judge, kind, benign, ranked) for s in read_jsonl(f)),
                               key=lambda r: (r["set"] or "", r["format"] or "", r["prompt_id"] or ""))
                 write_jsonl(dest, rows)
                 written.append(dest)

@@ -163,6 +163,7 @@ def test_selective_refusal_side_by_side_from_each_runs_answers(tmp_path):
             samples(r / "eval" / m / "over_refusal_samples.jsonl", b, 10, "b")
             res = json.loads((r / "eval" / m / "results.json").read_text())
             res["refusal_judge"] = {"name": "keywords", "kind": "keywords", "version": version}
+            res["judges"]["keywords"]["version"] = version  # as the evaluate stage writes both
             (r / "eval" / m / "results.json").write_text(json.dumps(res))
         return r
 
@@ -180,8 +181,27 @@ def test_selective_refusal_side_by_side_from_each_runs_answers(tmp_path):
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "## Selective refusal" in md and "+0.80" in md
 
+    assert sr["judge"] == "keywords" and sr["judge_version"] == "paper-keywords-v1" and "(paper-keywords-v1)" in md
+
     c = run(tmp_path / "c", "z", {"sft": (5, 0), "hc_self": (8, 0)}, version="paper-keywords-v2")
     assert "refusal verdicts differ" in cmp.compare_runs([a, c], tmp_path / "out2")["selective_refusal"]["why"]
+
+
+def test_selective_refusal_uses_the_verdict_each_runs_findings_rank_by(tmp_path):
+    """Where the labelled set passes the keyword verdict and not the class judge's, the findings rank
+    by keywords: compare reads the same verdict, not results.json's class judge."""
+    r = make_run(tmp_path / "a", name="x")
+    for m in ("sft", "hc_self", "self_rm"):
+        f = r / "eval" / m / "results.json"
+        res = json.loads(f.read_text())
+        res["refusal_judge"] = {"name": "harm", "kind": "harm_head", "version": "harm-v1"}
+        res["answer_classes"] = {"judge": "harm"}
+        res["judges"]["harm"]["kind"] = "harm_head"
+        res["judges"]["harm"]["own_answers"] = {"in_distribution": True, "verdicts": {"refusal": {"validated": False}}}
+        res["judges"]["keywords"]["kind"] = "keywords"
+        res["judges"]["keywords"]["own_answers"] = {"in_distribution": True, "verdicts": {"refusal": {"validated": True}}}
+        f.write_text(json.dumps(res))
+    assert cmp.ranked_refusal(cmp.load_run(r)) == ("keywords", "keywords", "keywords-v1")
 
 
 def test_headline_legend_names_a_setting_the_first_run_lacks(tmp_path, monkeypatch):

@@ -619,9 +619,9 @@ def _section_separability(ctx: Context) -> Section | None:
     ranking, family, _ = fnd.separability_ranking(probe)
     sep = {r["setting"]: r["accuracy"] for r in ranking}
     for judge in dict.fromkeys(j for _, j in set_judge_pairs(ctx.evals)):
-        if sep and (p := fig_sep_vs_asr(sep, family, ctx.evals, judge, ctx.out, ctx.labels)):
+        if sep and (p := fig_sep_vs_asr(sep, family, ctx.evals, judge, ctx.out, ctx.labels, _measure(ctx, judge))):
             figs.append(p)
-            pics.append({"path": p.name, "alt": f"separability vs ASR ({judge})", "caption": None})
+            pics.append({"path": p.name, "alt": f"separability vs {_measure(ctx, judge)} ({judge})", "caption": None})
     settings = probe["settings"]
     rows = [[ctx.label(s), setting_group(s), _acc(r.get("hidden")), (r.get("hidden") or {}).get("feature"),
              _acc(r.get("embedding")), _acc(r.get("surface")), _acc(r.get("length")), r.get("n_pairs")]
@@ -744,7 +744,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     # The per-prompt verdicts every number above is computed from, small enough to commit beside it.
     evals = _load_eval(rd)
     judge, kind = fnd.class_judge(cfg, evals)
-    files = per_prompt.write(rd, out, paper_order(evals), judge, kind)
+    files = per_prompt.write(rd, out, paper_order(evals), judge, kind, fnd.refusal_choice(cfg, evals)[0])
     return {"report": str(out / "report.html"), "figures": [p.name for p in figs],
             "per_prompt": [p.relative_to(out).as_posix() for p in files]}
 
