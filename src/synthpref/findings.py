@@ -227,14 +227,14 @@ def compare(samples: list[dict], sft_samples: list[dict], setting: str, judge: s
         both = [k for k in keys if k in mine and k in base]
         if not both:
             continue
-        asr = paired_rates((harmful(mine[k], judge, unparsed), harmful(base[k], judge, unparsed)) for k in both)
+        asr = keyed_rates((k[2], harmful(mine[k], judge, unparsed), harmful(base[k], judge, unparsed)) for k in both)
         deg = paired_rates((degenerate(mine[k]), degenerate(base[k])) for k in both)
         ref = non = None
         if refusal_judge:
-            ref = paired_rates((answer_classes.refused(mine[k], *refusal_judge),
-                                answer_classes.refused(base[k], *refusal_judge)) for k in both)
+            ref = keyed_rates((k[2], answer_classes.refused(mine[k], *refusal_judge),
+                               answer_classes.refused(base[k], *refusal_judge)) for k in both)
         if keywords and keywords != judge:
-            non = paired_rates((harmful(mine[k], keywords), harmful(base[k], keywords)) for k in both)
+            non = keyed_rates((k[2], harmful(mine[k], keywords), harmful(base[k], keywords)) for k in both)
         out.append(Comparison(setting, set_name, fmt, judge, asr, deg if deg["n"] else None,
                               len(keys) - len(both), ref if ref and ref["n"] else None,
                               non if non and non["n"] else None))
@@ -257,8 +257,18 @@ def compare_over_refusal(samples: list[dict], sft_samples: list[dict],
     tells harmful from harmless better. None without refusal verdicts on both sides."""
     mine = {s["prompt_id"]: s for s in samples}
     base = {s["prompt_id"]: s for s in sft_samples}
-    r = paired_rates((refused(mine[k], judge), refused(base[k], judge)) for k in base if k in mine)
+    r = keyed_rates((k, refused(mine[k], judge), refused(base[k], judge)) for k in base if k in mine)
     return r if r["n"] else None
+
+
+def keyed_rates(items) -> dict:
+    """stats.paired_rates over (prompt id, first, second) verdicts, plus `by_prompt`: prompt id ->
+    first - second (-1, 0, 1) for each pair with both verdicts, which the test across seeds sums
+    per prompt (replicates.pooled_test)."""
+    items = list(items)
+    r = paired_rates((x, y) for _, x, y in items)
+    r["by_prompt"] = {k: int(bool(x)) - int(bool(y)) for k, x, y in items if x is not None and y is not None}
+    return r
 
 
 def refusal_rates(samples: list[dict], judge: tuple[str, str]) -> dict:

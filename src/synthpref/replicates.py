@@ -8,15 +8,15 @@ and measure (harmful-prompt refusal, benign refusal, the keyword judge's non-ref
 primary harm judge's rate):
 
 - the setting's rate in each seed, and the across-seed spread (mean, sample sd, min-max);
-- a pooled paired test across seeds, stratified by seed: the **stratified exact McNemar test**.
-  Within a seed, setting and sft answer the same prompts; under "no difference" each discordant
-  pair (one model refuses, the other not) falls either way with probability 1/2, in every seed
-  alike. So the discordant counts summed over seeds, B (only the setting) and C (only sft), give
-  an exact binomial test on B + C trials with p = 1/2 (McNemar 1947, Psychometrika 12:153-157, in
-  its exact conditional form, stats.mcnemar_exact; summing the discordant pairs of the strata is
-  how the Mantel-Haenszel test pools matched pairs, Mantel & Haenszel 1959, JNCI 22:719-748). The
-  pairs of one prompt in different seeds share the SFT answer, so they are not independent
-  draws; the test treats every discordant pair as its own fair coin under the null.
+- a pooled paired test across seeds that counts a prompt once: the **prompt-clustered sign-flip
+  test**. Within a seed, setting and sft answer the same prompts; a prompt's pairs in different
+  seeds share the SFT answer, so they are not independent draws. Each prompt's differences
+  (setting minus sft, -1/0/+1 per seed) are summed into d_i, and under "no difference" each d_i is
+  as likely to be -d_i; the exact two-sided p counts the sign vectors whose sum is at least as far
+  from 0 as the observed one (stats.signflip_exact; Fisher's randomization test). With one seed it
+  is the exact McNemar test. The summed discordant pairs B (only the setting) and C (only sft) are
+  shown beside it. (An earlier version used the stratified exact McNemar test, which treats every
+  discordant pair as independent and so gives too small a p when seeds share answers.)
 - the p-values of all pooled tests are one family, adjusted with Holm's step-down (stats.holm);
   a pooled verdict reads the adjusted p at the 5% level;
 - "moved in k of n seeds": k = the seeds whose own test (its report's verdict: Holm over that
@@ -33,24 +33,30 @@ from . import findings as fnd
 from .config import StudyConfig
 from .figures import paper_order
 from .rundir import RunDir, read_json, write_json, write_text
-from .stats import holm, mcnemar_exact
+from .stats import holm, signflip_exact
 
 BENIGN = "benign refusal"
 REFUSAL = "harmful-prompt refusal"
 NON_REFUSAL = "non-refusal rate"
-TEST_NAME = ("stratified exact McNemar test (discordant pairs summed over seeds, exact binomial test; "
-             "McNemar 1947, pooled across strata as in Mantel & Haenszel 1959)")
+TEST_NAME = ("prompt-clustered exact sign-flip test (each prompt's setting-minus-sft differences summed over "
+             "seeds, its sign flipped as one unit under the null; Fisher's randomization test, exact)")
 
 
 # --------------------------------------------------------------------------- statistics
 def pooled_test(tables: list[dict]) -> dict:
-    """The stratified exact McNemar test over per-seed paired tables (stats.paired_rates dicts:
-    b = only the first model, c = only the second): summed b and c, the exact two-sided p on
-    them, and the pooled difference (B - C) / N over all N pairs."""
+    """The prompt-clustered sign-flip test over per-seed paired tables (findings.keyed_rates dicts:
+    b = only the first model, c = only the second, by_prompt = prompt -> first - second): each
+    prompt's differences summed over seeds, the exact two-sided p on those sums
+    (stats.signflip_exact), summed b and c, and the pooled difference (B - C) / N over all N pairs."""
     b = sum(t["b"] for t in tables)
     c = sum(t["c"] for t in tables)
     n = sum(t["n"] for t in tables)
-    return {"b": b, "c": c, "n": n, "strata": len(tables), "p_value": mcnemar_exact(b, c),
+    per_prompt: dict[str, int] = {}
+    for t in tables:
+        for k, d in t["by_prompt"].items():
+            per_prompt[k] = per_prompt.get(k, 0) + d
+    return {"b": b, "c": c, "n": n, "strata": len(tables), "prompts": len(per_prompt),
+            "prompts_changed": sum(1 for d in per_prompt.values() if d), "p_value": signflip_exact(list(per_prompt.values())),
             "difference": (b - c) / n if n else None}
 
 
@@ -166,11 +172,13 @@ def _pooled_table(res: dict) -> list[str]:
     for r in res["rows"]:
         p = r["pooled"]
         moved = f"{r['moved_in']} of {len(r['seeds'])}" if r["direction"] else "—"
-        rows.append([r["setting"], r["measure"], r["where"], str(p["n"]), f"{p['c']} / {p['b']}",
+        rows.append([r["setting"], r["measure"], r["where"], f"{p['n']} ({p['prompts']})", f"{p['c']} / {p['b']}",
+                     str(p["prompts_changed"]),
                      "n/a" if p["difference"] is None else f"{p['difference']:+.3f}", _p(p["p_value"]),
                      _p(p["p_adjusted"]), r["verdict"], moved])
     return [f"Pairs summed over the {n} seeds (setting vs sft, same prompts within each seed).", "",
-            *_table(["setting", "measure", "prompts", "pairs", "only sft / only setting", "pooled difference",
+            *_table(["setting", "measure", "prompts", "pairs (prompts)", "only sft / only setting",
+                     "prompts with a net change", "pooled difference",
                      "p (raw)", "p (Holm)", "pooled verdict", "moved in k of n seeds"], rows)]
 
 
@@ -189,7 +197,8 @@ def to_markdown(res: dict) -> str:
              f"Test: {res['test']}. Every pooled p-value is one family: Holm (1979) step-down, family-wise "
              f"{res['alpha']:.0%}; the pooled verdict reads the adjusted p. \"Moved in k of n seeds\": the seeds whose "
              "own report's test (Holm over that seed's tests, same level) moved in the pooled direction. Pairs "
-             "of one prompt in different seeds share the SFT answer, so they are not independent draws.", "",
+             "of one prompt in different seeds share the SFT answer, so they are not independent draws: the test "
+             "moves each prompt as one unit.", "",
              *_pooled_table(res)]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -143,6 +143,33 @@ def paired_difference_interval(a: int, b: int, c: int, d: int,
     return max(-1.0, lo), min(1.0, hi)
 
 
+def signflip_exact(diffs: list[int]) -> float:
+    """Exact two-sided sign-flip (permutation) p-value for the sum of per-cluster integer differences.
+
+    Each cluster (here: a prompt, whose answers in several seeds share one SFT answer) contributes
+    d_i = its summed difference between the two models. Under "no difference" the two models are
+    exchangeable within a cluster, so each d_i is as likely to be -d_i: the null distribution of
+    T = sum(d_i) is that of sum(s_i * d_i) over all 2^n sign vectors (Fisher's randomization test,
+    as for the paired sign-flip test; a cluster moves as one unit, so correlated answers within it
+    are not counted as independent). Counted exactly by convolution over the possible sums, in
+    integers: p = #{signs: |sum s_i d_i| >= |T|} / 2^n. Clusters with d_i = 0 change nothing.
+    Worked: [1, 1, 1] -> 2/8 = 0.25; [2, 1] -> 2/4 = 0.5; six clusters of +1 -> 2/64 = 0.03125
+    (equal to the exact McNemar test when every cluster holds one pair)."""
+    ds = [abs(int(d)) for d in diffs if d]
+    if not ds:
+        return 1.0
+    total = abs(sum(int(d) for d in diffs))
+    counts = {0: 1}
+    for d in ds:
+        nxt: dict[int, int] = {}
+        for v, k in counts.items():
+            nxt[v + d] = nxt.get(v + d, 0) + k
+            nxt[v - d] = nxt.get(v - d, 0) + k
+        counts = nxt
+    extreme = sum(k for v, k in counts.items() if abs(v) >= total)
+    return min(1.0, extreme / 2 ** len(ds))
+
+
 def paired_rates(pairs: Iterable[tuple[bool | None, bool | None]], confidence: float = 0.95) -> dict:
     """Two rates on the same items, from (first, second) verdict pairs; a pair with a None is left out.
 

@@ -101,7 +101,7 @@ def test_two_seeds_share_greedy_and_sft_work_and_differ_in_sampled(study, genera
     assert {r["setting"] for r in res["rows"]} == {"hc_self", "self_rm"}
     assert all(r["seeds"] == [0, 1] and "p_adjusted" in r["pooled"] for r in res["rows"])
     md = (run / "seeds" / "report.md").read_text()
-    assert "stratified exact McNemar" in md and "moved in k of n seeds" in md and "benign refusal" in md
+    assert "prompt-clustered exact sign-flip" in md and "moved in k of n seeds" in md and "benign refusal" in md
 
 
 def test_rerun_of_the_seeds_does_no_work(study, generated, capsys):

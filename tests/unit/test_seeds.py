@@ -1,5 +1,5 @@
 """Seeds (`seeds:` / `--seeds N`): per-seed runs share what does not depend on the seed, bad input
-is one line naming the field, and the pooled stratified test gives the known answer."""
+is one line naming the field, and the pooled prompt-clustered test gives the known answer."""
 
 from __future__ import annotations
 
@@ -165,19 +165,22 @@ def test_a_writer_takes_missing_records_from_the_shared_run_only_for_the_same_in
 
 
 # --------------------------------------------------------------------------- pooled test
-def _table(first: list[bool], second: list[bool]) -> dict:
-    return paired_rates(zip(first, second))
+def _table(first: list[bool], second: list[bool], prompts: list[str] | None = None) -> dict:
+    from synthpref.findings import keyed_rates
+
+    prompts = prompts or [f"p{i}" for i in range(len(first))]
+    return keyed_rates(zip(prompts, first, second))
 
 
-def test_pooled_stratified_mcnemar_on_hand_made_tables():
-    # Three seeds; per seed (b = only the setting refuses, c = only sft): (3, 0), (2, 1), (4, 0).
-    seeds = {0: _table([True] * 3 + [False] * 5, [False] * 3 + [False] * 5),
-             1: _table([True, True, False, True, False], [False, False, True, True, False]),
-             2: _table([True] * 4 + [True] * 2, [False] * 4 + [True] * 2)}
+def test_pooled_test_on_distinct_prompts_is_the_exact_mcnemar_test():
+    # Three seeds on different prompts; per seed (b = only the setting refuses, c = only sft): (3, 0), (2, 1), (4, 0).
+    seeds = {0: _table([True] * 3 + [False] * 5, [False] * 8, [f"a{i}" for i in range(8)]),
+             1: _table([True, True, False, True, False], [False, False, True, True, False], [f"b{i}" for i in range(5)]),
+             2: _table([True] * 6, [False] * 4 + [True] * 2, [f"c{i}" for i in range(6)])}
     assert [(t["b"], t["c"]) for t in seeds.values()] == [(3, 0), (2, 1), (4, 0)]
     p = replicates.pooled_test(list(seeds.values()))
-    assert (p["b"], p["c"], p["n"], p["strata"]) == (9, 1, 19, 3)
-    assert p["p_value"] == pytest.approx(22 / 1024) == mcnemar_exact(9, 1)  # 2 * P(X <= 1), X ~ Bin(10, 1/2)
+    assert (p["b"], p["c"], p["n"], p["strata"], p["prompts"], p["prompts_changed"]) == (9, 1, 19, 3, 19, 10)
+    assert p["p_value"] == pytest.approx(22 / 1024) == mcnemar_exact(9, 1)  # one pair per prompt: McNemar
     assert p["difference"] == pytest.approx(8 / 19)
     # No seed alone is significant (2 * 2^-3 = 0.25, 1.0, 2 * 2^-4 = 0.125); pooled they are.
     rows = replicates.combine({k: {("s", "harmful-prompt refusal", "x/chat"): t} for k, t in seeds.items()})
@@ -187,21 +190,31 @@ def test_pooled_stratified_mcnemar_on_hand_made_tables():
     assert row["spread"]["min"] == pytest.approx(3 / 8) and row["spread"]["max"] == 1.0
 
 
+def test_pooled_test_counts_a_prompt_that_moves_in_every_seed_once():
+    """The same three prompts move in all three seeds (the shared SFT answer): nine discordant pairs
+    but three units of evidence, p = 2/8, where pairs counted as independent would give 2/512."""
+    same = _table([True] * 3 + [False] * 5, [False] * 8)
+    p = replicates.pooled_test([same, same, same])
+    assert (p["b"], p["c"], p["prompts"], p["prompts_changed"]) == (9, 0, 8, 3)
+    assert p["p_value"] == pytest.approx(0.25) and mcnemar_exact(9, 0) == pytest.approx(2 / 512)
+
+
 def test_moved_in_counts_seeds_moving_the_pooled_way_and_holm_covers_every_pooled_test():
-    big = _table([True] * 8 + [False] * 2, [False] * 10)  # b=8, c=0: p = 2^-7 per seed
+    big = _table([True] * 8 + [False] * 2, [False] * 10)  # b=8, c=0 on p0..p7 in each seed
     against = _table([False] * 8, [True] * 8)  # b=0, c=8: moved down
     tests = {0: {("s", "m", "w"): big, ("t", "m", "w"): against},
              1: {("s", "m", "w"): big, ("t", "m", "w"): _table([False] * 4, [False] * 4)}}
     rows = {r["setting"]: r for r in replicates.combine(tests)}
     assert rows["s"]["moved_in"] == 2 and rows["s"]["direction"] == "moved up"
     assert rows["t"]["moved_in"] == 1 and rows["t"]["direction"] == "moved down" and rows["t"]["seeds"] == [0, 1]
-    p_s, p_t = mcnemar_exact(16, 0), mcnemar_exact(0, 8)
-    assert rows["s"]["pooled"]["p_adjusted"] == pytest.approx(2 * p_s)  # Holm: the smaller p times 2
-    assert rows["t"]["pooled"]["p_adjusted"] == pytest.approx(max(2 * p_s, p_t))
+    # s: eight prompts, each +2 over the two seeds; t: eight prompts, each -1: both p = 2 / 2^8
+    assert rows["s"]["pooled"]["p_value"] == rows["t"]["pooled"]["p_value"] == pytest.approx(2 ** -7)
+    assert rows["s"]["pooled"]["p_adjusted"] == rows["t"]["pooled"]["p_adjusted"] == pytest.approx(2 * 2 ** -7)  # Holm
     md = replicates.to_markdown({"study": "x", "seeds": [0, 1], "runs": {"0": ".", "1": "seeds/seed-1"},
                                  "test": replicates.TEST_NAME, "alpha": 0.05, "harm_measure": "ASR",
                                  "rows": list(rows.values())})
-    assert "stratified exact McNemar" in md and "| 2 of 2 |" in md and "| 1 of 2 |" in md
+    assert "prompt-clustered exact sign-flip" in md and "| 2 of 2 |" in md and "| 1 of 2 |" in md
+    assert "| 20 (10) | 0 / 16 | 8 |" in md
 
 
 def test_probe_features_of_the_same_identity_are_read_from_the_shared_run(tmp_path):

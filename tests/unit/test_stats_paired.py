@@ -65,3 +65,19 @@ def test_paired_rates_counts_and_exclusions():
     assert r["difference"] == pytest.approx(-1 / 5)
     assert r["p_value"] == mcnemar_exact(1, 2)
     assert r["interval"] == list(paired_difference_interval(1, 1, 2, 1))
+
+
+def test_signflip_exact_hand_computed_and_equal_to_mcnemar_with_one_pair_per_cluster():
+    import itertools
+
+    from synthpref.stats import signflip_exact
+
+    assert signflip_exact([1, 1, 1]) == 0.25 and signflip_exact([2, 1]) == 0.5 and signflip_exact([0, 0]) == 1.0
+    for b in range(6):
+        for c in range(6):
+            assert signflip_exact([1] * b + [-1] * c) == pytest.approx(mcnemar_exact(b, c), rel=1e-12)
+    ds = [3, -1, 2, 2, 0, -2, 1]  # brute force over all 2^6 sign vectors of the non-zero clusters
+    nz = [d for d in ds if d]
+    t = abs(sum(ds))
+    brute = sum(abs(sum(s * d for s, d in zip(signs, nz))) >= t for signs in itertools.product((1, -1), repeat=len(nz)))
+    assert signflip_exact(ds) == pytest.approx(brute / 2 ** len(nz))
