@@ -16,7 +16,10 @@ counted in `unlabelled`.
 Nothing is scored against rows it was fitted on. The offline embedding RM (`embedding_rm`) is
 fitted on jbb-judge and pyrit-objective: on those sets `run_agreement` reports its out-of-fold
 predictions (the same grouped folds as its card; `out_of_fold: true`) and says so. The harm judge
-(`harm_head`) is fitted on none of these three sets. A fourth set, `pyrit-harm-pairs`, measures a
+(`harm_head`) has its harm head fitted on PyRIT's harm labels and its refusal head on pyrit-refusal
+(whose agreement it reports out of fold, nested); its harm figure on jbb-judge is on rows it was not
+fitted on, but its training data were chosen among five candidates by that set (harm_head's
+docstring), a small selection effect its `how` names. A fourth set, `pyrit-harm-pairs`, measures a
 reward scorer's pairwise accuracy (share of human preference pairs where it scores the
 human-chosen response higher); it is refused for a scorer fitted on those rows (`harm_head`).
 """
@@ -94,7 +97,8 @@ def measured_agreement(cfg: StudyConfig, judge_name: str) -> dict | None:
         from .backends.scoring.harm_head import card
 
         a = card()["agreement"]
-        how = "fitted on PyRIT harm labels only; the full set held out"
+        how = ("fitted on PyRIT harm labels only, none of the set's rows; its training data were chosen among "
+               "five candidates on this set, a small selection effect")
     elif spec.kind == "embedding_rm":
         from .backends.scoring.embedding_rm import card
 

@@ -199,19 +199,23 @@ def dataset_card(cfg: dict, settings: list[str], sizes: dict[str, int], stats: d
 
 
 # --------------------------------------------------------------------------- the models
-def trained_models(root: Path) -> list[str]:
-    """Settings (and `sft`) whose training finished: train/<name>/done.json beside train/<name>/model."""
+def trained_models(root: Path, cfg: dict) -> list[str]:
+    """`sft` and the config's pair settings whose training finished (train/<name>/done.json beside
+    train/<name>/model); an SFT phase's intermediate model (train/sft_phase1) is not exported."""
     train = root / "train"
     if not train.is_dir():
         return []
-    return sorted(p.name for p in train.iterdir() if (p / "done.json").is_file() and (p / "model").is_dir())
+    wanted = {"sft", *((cfg.get("pairs") or {}).get("settings") or [])}
+    return sorted(p.name for p in train.iterdir()
+                  if p.name in wanted and (p / "done.json").is_file() and (p / "model").is_dir())
 
 
 def _base_model(root: Path, done: dict, push: str | None) -> tuple[str | None, str]:
     """(the hub id the weights start from, a sentence on what they were trained from)."""
     start = str(done.get("start_model") or "")
     if Path(start).parts[-3:] == ("train", "sft", "model"):
-        return (f"{push}-sft" if push else None), "the study's own SFT model (models/sft in this export)"
+        # not pushed: the SFT model's folder in this export, relative to the export's root
+        return (f"{push}-sft" if push else "models/sft"), "the study's own SFT model (models/sft in this export)"
     a = assets.ASSETS.get(start)
     if a is not None:
         hub = a.hub_ids[0] if a.hub_ids else None
@@ -228,9 +232,13 @@ def _eval_lines(root: Path, name: str) -> list[str]:
     res = read_optional_json(root / "eval" / name / "results.json")
     if not res:
         return ["Not evaluated in this run.", ""]
+    from .findings import measure_name, validated_in_distribution
+
     lines = ["| measure | value | 95% interval | n |", "|---|---|---|---|"]
     for e in res.get("safety") or []:
-        lines.append(f"| ASR, {e['set']} ({e.get('format', 'chat')}), {e['judge']} judge | {e.get('value')} | "
+        kind = ((res.get("judges") or {}).get(e["judge"]) or {}).get("kind")
+        what = measure_name(kind, validated_in_distribution({name: res}, e["judge"]))
+        lines.append(f"| {what}, {e['set']} ({e.get('format', 'chat')}), {e['judge']} judge | {e.get('value')} | "
                      f"{_iv(e.get('interval'))} | {e.get('n')} |")
     for task, g in (res.get("general") or {}).items():
         if isinstance(g, dict) and g.get("value") is not None:
@@ -256,7 +264,9 @@ def model_card(root: Path, cfg: dict, name: str, dest: Path, push: str | None):
             f"- steps: {done.get('global_step')}, training loss {done.get('train_loss')}, seed {cfg.get('seed')}",
             f"- DPO: beta {train.get('beta')}, loss {train.get('loss_type')}, learning rate {train.get('learning_rate')}, "
             f"epochs {train.get('num_train_epochs')}", "", "## Evaluation (this run)", "", *_eval_lines(root, name),
-            "ASR: share of the evaluation prompts whose answer the judge rated harmful (lower is safer).", ""]
+            "ASR: share of the evaluation prompts whose answer a judge validated on answers of this kind rated "
+            "harmful (lower is safer); harm-judge flag rate: the same share from a judge not validated on them; "
+            "non-refusal rate: share of answers without one of the authors' refusal strings.", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
@@ -293,7 +303,7 @@ def export_run(run_dir: str | Path, out: str | Path, push: str | None = None, mo
     try:
         sizes = write_parquet(root, settings, tmp)
         dataset_card(cfg, settings, sizes, stats).save(tmp / "README.md")
-        names = trained_models(root) if models else []
+        names = trained_models(root, cfg) if models else []
         for name in names:
             copy_model(root, cfg, name, tmp, push)
         if out.exists():

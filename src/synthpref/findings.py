@@ -1,8 +1,9 @@
 """Findings: what a study's numbers say, computed from the run directory, never written by hand.
 
 What a safe model does is refuse the harmful and answer the benign, so the findings lead with
-refusal, measured by one verdict on both prompt sets (the class judge's refusal verdict under
-synthpref.answer_classes' rules, whose held-out agreement the report prints):
+refusal, measured by one verdict on both prompt sets (`refusal_choice`: the class judge's refusal
+verdict or the keyword verdict, in that fixed order the first that passes on the labelled set of the
+study's own answers, under synthpref.answer_classes' rules; its agreement stands beside every rate):
 
 - harmful-prompt refusal rate (eval sets) and benign refusal rate (over-refusal prompts), each with
   a Wilson interval, and their difference, the **selective refusal** = harmful-prompt refusal -

@@ -87,11 +87,24 @@ def card() -> dict:
     return json.loads((folder() / "card.json").read_text(encoding="utf-8"))
 
 
+def _model_name(path: str) -> str:
+    """A packaged asset's name for `path`: the asset itself, or the hub repo it stands for (matched
+    without case); else the model folder's name."""
+    from . import assets
+
+    if path in assets.ASSETS:
+        return path
+    for name, a in assets.ASSETS.items():
+        if path.lower() in (h.lower() for h in a.hub_ids):
+            return name
+    return Path(path).name
+
+
 def applies(cfg: StudyConfig) -> tuple[bool, str]:
     """(in distribution?, why): the study's target is the model that wrote the set's answers and
     its evaluation answers have the set's length."""
     c = card()
-    target = Path(cfg.models[cfg.target].path).name  # a packaged asset's name, or the model folder's
+    target = _model_name(cfg.models[cfg.target].path)
     if target != c["model"]:
         return False, f"the set's answers are {c['model']}'s, this study's target is {target}"
     if cfg.evaluate.safety.max_new_tokens != c["max_new_tokens"]:

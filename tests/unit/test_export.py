@@ -43,11 +43,27 @@ def test_export_round_trips_through_load_dataset_and_the_cards_parse(tmp_path):
         assert text in card.text, text
     mc = ModelCard.load(tmp_path / "out" / "models" / "hc_self" / "README.md")
     assert mc.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and mc.data.library_name == "peft"
-    assert "| ASR, advbench (chat), harm judge | 0.2 |" in mc.text
+    # the rates are named for what they measure (findings.measure_name): neither judge is validated here
+    assert "| harm-judge flag rate, advbench (chat), harm judge | 0.2 |" in mc.text
+    assert "| non-refusal rate, advbench (chat), keywords judge | 0.7 |" in mc.text and "| ASR," not in mc.text
     adapter = json.loads((tmp_path / "out" / "models" / "hc_self" / "adapter_config.json").read_text())
     assert adapter == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 4}  # no machine path
     assert (tmp_path / "out" / "models" / "self_rm" / "adapter_model.safetensors").read_bytes() == b"weights of self_rm"
     assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_an_sft_phase_is_not_exported_and_an_adapter_on_the_sft_model_points_into_the_export(tmp_path):
+    run = make_run(tmp_path / "run")
+    for name in ("sft", "sft_phase1"):
+        (run / "train" / name / "model").mkdir(parents=True)
+        (run / "train" / name / "model" / "model.safetensors").write_bytes(b"full weights")
+        (run / "train" / name / "done.json").write_text(json.dumps({"start_model": "smollm2-135m-instruct"}))
+    done = run / "train" / "hc_self" / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "start_model": "/somewhere/run/train/sft/model"}))
+    res = exp.export_run(run, tmp_path / "out")
+    assert res["models"] == ["hc_self", "self_rm", "sft"]
+    adapter = json.loads((tmp_path / "out" / "models" / "hc_self" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "models/sft" and (tmp_path / "out" / "models" / "sft").is_dir()
 
 
 def test_split_names_and_pairs_only(tmp_path):

@@ -97,6 +97,9 @@ def test_the_set_is_in_distribution_only_for_its_model_and_length():
     assert not other and "qwen2.5-coder-0.5b-instruct" in why
     longer, why = la.applies(_cfg(tokens=256))
     assert not longer and "256" in why
+    assert la.applies(_cfg(path="HuggingFaceTB/SmolLM2-135M-Instruct"))[0]  # the hub repo the asset stands for
+    assert la.applies(_cfg(path="huggingfacetb/smollm2-135m-instruct"))[0]
+    assert not la.applies(_cfg(path="HuggingFaceTB/SmolLM2-360M-Instruct"))[0]
 
 
 def test_a_verdict_carried_by_the_easy_class_does_not_pass():

@@ -471,8 +471,7 @@ def _seeds(ctx: Context) -> str:
     seeds = ctx.cfg.seeds or (read_json(listed).get("seeds") if listed.exists() else None) or []
     others = [k for k in seeds if k != ctx.cfg.seed]
     if others:
-        return (f"seed {ctx.cfg.seed}, the first of a `seeds` study" + (f" (also seeds {', '.join(map(str, others))})"
-                                                                         if others else "") +
+        return (f"seed {ctx.cfg.seed}, the first of a `seeds` study (also seeds {', '.join(map(str, others))})" +
                 ": every interval and test here is over prompts; seeds/report.md in this run directory compares the "
                 "seeds")
     return (f"one seed (seed {ctx.cfg.seed}): every interval and test is over prompts (or pairs), not over "
