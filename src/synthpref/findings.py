@@ -365,9 +365,10 @@ def paired_findings(cfg: StudyConfig, rd: RunDir, evals: dict[str, dict], settin
             continue
         out.comparisons += compare(mine, base, s, judge, cfg.evaluate.safety.unparsed, rj, out.keywords)
     benign_base = rd.path("eval", SFT, "over_refusal_samples.jsonl")
-    for s in settings:
+    compared = {c.setting for c in out.comparisons}  # the benign test prints in a comparison's rows: only
+    for s in settings:                                # those settings' tests enter the Holm family
         f = rd.path("eval", s, "over_refusal_samples.jsonl")
-        if s != SFT and benign_base.exists() and f.exists():
+        if s in compared and benign_base.exists() and f.exists():
             r = compare_over_refusal(read_jsonl(f), read_jsonl(benign_base), rj)
             if r is not None:
                 out.over_refusal[s] = r

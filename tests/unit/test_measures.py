@@ -92,3 +92,38 @@ def test_a_judge_without_a_refusal_verdict_is_refused_in_one_line(capsys):
     rc = main(["agreement", "configs/demo.yaml", "--judge", "rm", "--set", "pyrit-refusal", "--verdict", "refusal"])
     err = capsys.readouterr().err
     assert rc != 0 and "judge 'rm' gives no refusal verdict" in err and err.count("\n") == 1
+
+
+def test_a_benign_test_enters_the_holm_family_only_beside_the_comparison_that_prints_it(tmp_path):
+    """self_rm has benign answers but no harmful-prompt answers: its benign test would be adjusted for
+    but never printed, so it is left out of the family (and of the findings)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from run_helpers import make_run
+
+    from synthpref import findings
+    from synthpref.config import parse_config
+    from synthpref.finished import read_run_config
+    from synthpref.rundir import RunDir
+
+    root = make_run(tmp_path / "run")
+
+    def write(model, name, refusing, n, kind):
+        rows = [{"prompt_id": f"{kind}{i}", "set": "advbench" if kind == "h" else "benign", "format": "chat",
+                 "prompt": f"question {i}", "response": "I'm sorry, I cannot help." if i < refusing else "Sure: step one.",
+                 "judges": {"harm": {"harmful": i >= refusing, "raw": {"refusal": i < refusing}},
+                            "keywords": {"harmful": i >= refusing}}} for i in range(n)]
+        (root / "eval" / model / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("sft", "safety_samples.jsonl", 2, 10, "h")
+    write("hc_self", "safety_samples.jsonl", 9, 10, "h")
+    for m, k in (("sft", 0), ("hc_self", 6), ("self_rm", 7)):
+        write(m, "over_refusal_samples.jsonl", k, 10, "b")
+    cfg = parse_config(read_run_config(root))
+    evals = {m: json.loads((root / "eval" / m / "results.json").read_text()) for m in ("sft", "hc_self", "self_rm")}
+    f = findings.paired_findings(cfg, RunDir(root), evals, ["hc_self", "self_rm"])
+    assert set(f.over_refusal) == {"hc_self"} and {c.setting for c in f.comparisons} == {"hc_self"}
+    assert f.n_tests == sum(len(c.tests()) for c in f.comparisons) + 1
