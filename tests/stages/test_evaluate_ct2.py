@@ -63,7 +63,18 @@ def test_ct2_evaluation_matches_hf_and_caches_conversions(models_dir, tmp_path, 
     cfg_hf, rd_hf = study(tmp_path / "hf", models_dir, "hf")
     evaluate.run(cfg_hf, rd_hf)
     cfg, rd = study(tmp_path / "ct2", models_dir, "ct2")
+    from synthpref.stages.evaluate import plan
+
+    released, real_release = [], plan.ModelSession.release
+
+    def release(self):
+        released.append((self.name, self.model is not None))
+        real_release(self)
+
+    monkeypatch.setattr(plan.ModelSession, "release", release)
     evaluate.run(cfg, rd)
+    # the merged LoRA model is dropped once converted, before the CTranslate2 model answers
+    assert [r for r in released if r[0] == "self_rm"][0] == ("self_rm", True)
     for m in ("sft", "self_rm"):
         got = {r["key"]: (r["response"], r["n_tokens"]) for r in read_jsonl(rd.path("eval", m, "generations.jsonl"))}
         want = {r["key"]: (r["response"], r["n_tokens"]) for r in read_jsonl(rd_hf.path("eval", m, "generations.jsonl"))}

@@ -126,6 +126,7 @@ class EvalTarget:
     identity: Any               # JSON-able identity of the weights (a training run's inputs hash), for caches
     work_dir: Path              # eval/<name>/: where a backend may keep files for this model
     load: Callable[[], tuple]   # (model, tokenizer) in memory, a LoRA adapter merged; loaded once, freed by the stage
+    release: Callable[[], None] = lambda: None  # free what `load` holds now (a later `load` loads it again)
 
 
 class GenerationBackend(ABC):

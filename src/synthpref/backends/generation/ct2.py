@@ -385,6 +385,7 @@ class CT2Backend(GenerationBackend):
 
         tmp = target.work_dir / ".merged_for_ct2"
         save_merged(*target.load(), tmp)
+        target.release()  # the merged HF model is on disk now: not held beside the CTranslate2 one
         try:
             convert_folder(tmp, model_dir, q, f"{start.path} + {target.name}", start.trust_remote_code)  # safetensors
         finally:

@@ -29,7 +29,7 @@ def eval_target(cfg: StudyConfig, rd: RunDir, session: ModelSession) -> EvalTarg
     return EvalTarget(name=session.name, spec=session.spec, device=session.device,
                       weights=None if base else trained_model_dir(rd, session.name),
                       identity=model_ref(cfg, rd, session.name), work_dir=rd.path("eval", session.name),
-                      load=session.get)
+                      load=session.get, release=session.release)
 
 
 def generate_responses(cfg: StudyConfig, rd: RunDir, session: ModelSession, rows: list[dict],

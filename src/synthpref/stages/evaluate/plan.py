@@ -141,14 +141,19 @@ class ModelSession:
             self.model, self.tokenizer = load_model(self.cfg, self.rd, self.name, self.device)
         return self.model, self.tokenizer
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def release(self) -> None:
+        """Drop the model now (e.g. once a backend has converted it), so the next one does not sit
+        beside it; a later `get` loads it again."""
         from ...models import free
 
         self.model = self.tokenizer = None
         free()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def load_model(cfg: StudyConfig, rd: RunDir, name: str, device: str):
