@@ -277,3 +277,39 @@ def test_vllm_data_parallel_collect_names_an_engine_that_died_instead_of_waiting
     assert got == [0]
     for p in procs:
         p.join()
+
+
+def test_llamacpp_raw_prompt_is_tokenised_without_bos_and_plain_keeps_it(monkeypatch, tmp_path):
+    """Our logic only (llama-cpp-python is not installed here): a raw prompt reaches llama.cpp as
+    tokens made with add_bos=False, special=False, as the hf backend tokenises it; a plain prompt as
+    text, which llama.cpp prefixes with the model's BOS."""
+    import sys
+    import types
+
+    seen = {}
+
+    class FakeLlama:
+        metadata = {}
+
+        def __init__(self, **kw):
+            pass
+
+        def tokenize(self, text, add_bos=True, special=False):
+            seen["tokenize"] = (text, add_bos, special)
+            return [7, 8, 9]
+
+        def create_completion(self, prompt, **kw):
+            seen["prompt"] = prompt
+            return {"choices": [{"text": " ok", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    p = GenParams(max_new_tokens=4)
+    raw = get_backend_class("llamacpp")(ModelSpec(path=str(gguf), backend="llamacpp", options={"prompt_format": "raw"}))
+    assert [r.text for r in raw.generate([GenRequest("r", msgs("Say hi."), 0, True)], p)] == ["ok"]
+    assert seen["tokenize"] == (b"Say hi.", False, False) and seen["prompt"] == [7, 8, 9]
+    plain = get_backend_class("llamacpp")(ModelSpec(path=str(gguf), backend="llamacpp", options={"prompt_format": "plain"}))
+    seen.clear()
+    list(plain.generate([GenRequest("p", msgs("Say hi."), 0, True)], p))
+    assert isinstance(seen["prompt"], str) and "Say hi." in seen["prompt"] and "tokenize" not in seen

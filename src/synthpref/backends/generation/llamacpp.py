@@ -94,8 +94,12 @@ class LlamaCppBackend(GenerationBackend):
             choice = out["choices"][0]
             text = choice["message"]["content"] or ""
         else:
-            fmt = format_raw if prompt_format_option(self.spec) == "raw" else format_plain  # raw: the authors' prompt
-            out = self.llm.create_completion(prompt=fmt(self.spec, req.messages), **kw)
+            if prompt_format_option(self.spec) == "raw":  # the authors' prompt: the text alone, no BOS or other
+                text = format_raw(self.spec, req.messages)  # special token (as the hf backend tokenises it)
+                prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            else:  # plain: llama.cpp adds the model's BOS, as the tokenizer's usual special tokens do
+                prompt = format_plain(self.spec, req.messages)
+            out = self.llm.create_completion(prompt=prompt, **kw)
             choice = out["choices"][0]
             text = choice["text"]
         n = (out.get("usage") or {}).get("completion_tokens", 0)
