@@ -18,7 +18,6 @@ classifier are not given), so none are listed; `SEPARABILITY` stays empty rather
 from __future__ import annotations
 
 FIGURE = "main figure: all-models ASR comparison per preference-data setting"
-TABLE = "table of preference-data settings (the figure's x-axis)"
 CITATION = (f"Wang et al., arXiv 2504.02193, {FIGURE}: first 100 AdvBench behaviours, greedy, "
             "GPT-4o 1-5 harm rubric, ASR = share rated 5")
 MODEL = "Llama-3.1-8B"

@@ -50,7 +50,8 @@ def _judge_agreement(res: dict, judge: str) -> str:
     answers, for the verdict its rate counts (harmful substance; the keyword judge: non-refusal)."""
     card = (res.get("judges") or {}).get(judge) or {}
     a = card.get("agreement")
-    out = "not measured" if not a or a.get("accuracy") is None else f"{a['accuracy']:.2f} ({a['set']}, n={a['n']})"
+    n = f", n={a['n']}" if a and a.get("n") is not None else ""
+    out = "not measured" if not a or a.get("accuracy") is None else f"{a['accuracy']:.2f} ({a['set']}{n})"
     own = card.get("own_answers") or {}
     verdict = "non_refusal" if own.get("kind") == "keywords" else "harmful"
     v = (own.get("verdicts") or {}).get(verdict)
