@@ -34,14 +34,30 @@ def estimate(cfg: StudyConfig) -> dict:
         shared = shared_stages(runs[0][1], runs[1][1])
         repeated = [s for s in ORDER if s not in shared]
 
-    def times(r) -> int:
-        return len(runs) if r[0] in repeated else 1
+    def times(r) -> float:
+        return 1 + (len(runs) - 1) * per_seed_share(cfg, r) if r[0] in repeated else 1
 
     total_s = sum(r[3] * times(r) for r in rows if r[3] is not None)
     gpu_h = sum(r[4] * times(r) for r in rows if r[4] is not None)
     return {"rows": rows, "total_s": total_s, "gpu_hours": gpu_h, "device": "cuda" if plan.gpu else "cpu",
             "n_train": plan.n_train, "n_eval": plan.n_eval, "unknown": [f"{r[0]}:{r[1]}" for r in rows if r[3] is None],
             "seeds": len(runs), "repeated": repeated}
+
+
+def per_seed_share(cfg: StudyConfig, row: tuple) -> float:
+    """The share of a repeated stage's row that a later seed computes again: a greedy-only model's
+    answers (e.g. the GPT-4o role) and the SFT model's evaluation are shared by every seed
+    (runner: `rundir.sharing`); the rest counts once per seed (a model's greedy answer beside its
+    samples is counted again: an upper bound)."""
+    from .stages.generate import model_plan
+
+    stage, item = row[0], row[1]
+    if stage == "generate" and item in cfg.models and model_plan(cfg, item).num_samples == 0:
+        return 0.0
+    if stage == "evaluate":
+        models = cfg.evaluate.models or ["sft", *cfg.pairs.settings]
+        return (len(models) - ("sft" in models)) / len(models) if models else 1.0
+    return 1.0
 
 
 def _table(est: dict, wanted: list[str], done: dict) -> Table:
@@ -80,7 +96,8 @@ def print_plan(cfg: StudyConfig, only=None) -> None:
     seeds = ""
     if est["seeds"] > 1:
         console.print(f"{est['seeds']} seeds: the rows above are one seed's; {', '.join(est['repeated'])} run once "
-                      "per seed, the stages before them once (shared)")
+                      "per seed, except greedy-only models' answers and the SFT model's evaluation; the stages "
+                      "before them once (shared)")
         seeds = f" for {est['seeds']} seeds"
     console.print(f"estimated total{seeds}: {est['total_s'] / 3600:.1f} h wall{gh} (upper bound on tokens; order of "
                   f"magnitude; '?' rows not included)")

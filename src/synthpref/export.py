@@ -251,6 +251,8 @@ def model_card(root: Path, cfg: dict, name: str, dest: Path, push: str | None):
 
     done = read_optional_json(root / "train" / name / "done.json") or {}
     base, start = _base_model(root, done, push)
+    if base == "models/sft":  # a folder of this export, not a hub repo: kept out of the card's hub metadata
+        base, start = None, start + "; an adapter's base_model_name_or_path is `models/sft`, relative to the export's root"
     adapter = (dest / "adapter_config.json").is_file()
     data = ModelCardData(base_model=base, library_name="peft" if adapter else "transformers",
                          datasets=[push] if push and name != "sft" else None,

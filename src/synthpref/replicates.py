@@ -11,12 +11,15 @@ primary harm judge's rate):
 - a pooled paired test across seeds that counts a prompt once: the **prompt-clustered sign-flip
   test**. Within a seed, setting and sft answer the same prompts; a prompt's pairs in different
   seeds share the SFT answer, so they are not independent draws. Each prompt's differences
-  (setting minus sft, -1/0/+1 per seed) are summed into d_i, and under "no difference" each d_i is
-  as likely to be -d_i; the exact two-sided p counts the sign vectors whose sum is at least as far
-  from 0 as the observed one (stats.signflip_exact; Fisher's randomization test). With one seed it
-  is the exact McNemar test. The summed discordant pairs B (only the setting) and C (only sft) are
-  shown beside it. (An earlier version used the stratified exact McNemar test, which treats every
-  discordant pair as independent and so gives too small a p when seeds share answers.)
+  (setting minus sft, -1/0/+1 per seed) are summed into d_i, and the two-sided p counts the sign
+  vectors whose sum is at least as far from 0 as the observed one (stats.signflip_exact; Fisher's
+  randomization test, exact under symmetry of each d_i). With one seed it is the exact McNemar
+  test. With several, the shared SFT answer makes d_i not quite symmetric under equal rates, so the
+  test is approximate: simulated at 100 prompts x 3 seeds with nothing changed, it rejected at 5%
+  in 3.3-4.6% of runs (`tools/signflip_size.py`). The summed discordant pairs B (only the setting)
+  and C (only sft) are shown beside it. (An earlier version used the stratified exact McNemar
+  test, which treats every discordant pair as independent; in the same simulation it rejected in
+  11-16% of runs.)
 - the p-values of all pooled tests are one family, adjusted with Holm's step-down (stats.holm);
   a pooled verdict reads the adjusted p at the 5% level;
 - "moved in k of n seeds": k = the seeds whose own test (its report's verdict: Holm over that
@@ -39,7 +42,8 @@ BENIGN = "benign refusal"
 REFUSAL = "harmful-prompt refusal"
 NON_REFUSAL = "non-refusal rate"
 TEST_NAME = ("prompt-clustered exact sign-flip test (each prompt's setting-minus-sft differences summed over "
-             "seeds, its sign flipped as one unit under the null; Fisher's randomization test, exact)")
+             "seeds, its sign flipped as one unit under the null; Fisher's randomization test, exact under "
+             "symmetry, approximate with a shared SFT answer: tools/signflip_size.py)")
 
 
 # --------------------------------------------------------------------------- statistics

@@ -197,7 +197,9 @@ class RecordWriter:
     also takes a missing record from the donor run's file of the same inputs (counted in `reused`).
     """
 
-    def __init__(self, path, key: str, inputs_hash: str):
+    def __init__(self, path, key: str, inputs_hash: str, same_as: Iterable[str] = ()):
+        """`same_as`: hashes an earlier version computed for these same inputs (a key that now
+        covers fewer settings); a file stored under one of them is kept and re-labelled."""
         self.path = Path(path)
         self.key = key
         self.inputs_hash = inputs_hash
@@ -208,7 +210,9 @@ class RecordWriter:
         self._pruned = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old_hash = self.meta.read_text().strip() if self.meta.exists() else None
-        if old_hash != inputs_hash:
+        if old_hash is not None and old_hash != inputs_hash and old_hash in set(same_as):
+            write_text(self.meta, inputs_hash + "\n")
+        elif old_hash != inputs_hash:
             for p in (self.partial, self.path):
                 p.unlink(missing_ok=True)
             write_text(self.meta, inputs_hash + "\n")

@@ -147,12 +147,14 @@ def signflip_exact(diffs: list[int]) -> float:
     """Exact two-sided sign-flip (permutation) p-value for the sum of per-cluster integer differences.
 
     Each cluster (here: a prompt, whose answers in several seeds share one SFT answer) contributes
-    d_i = its summed difference between the two models. Under "no difference" the two models are
-    exchangeable within a cluster, so each d_i is as likely to be -d_i: the null distribution of
-    T = sum(d_i) is that of sum(s_i * d_i) over all 2^n sign vectors (Fisher's randomization test,
-    as for the paired sign-flip test; a cluster moves as one unit, so correlated answers within it
-    are not counted as independent). Counted exactly by convolution over the possible sums, in
-    integers: p = #{signs: |sum s_i d_i| >= |T|} / 2^n. Clusters with d_i = 0 change nothing.
+    d_i = its summed difference between the two models. The null is that each d_i is as likely to
+    be -d_i: the distribution of T = sum(d_i) is then that of sum(s_i * d_i) over all 2^n sign
+    vectors (Fisher's randomization test, as for the paired sign-flip test; a cluster moves as one
+    unit, so correlated answers within it are not counted as independent). The p-value is exact
+    under that symmetry, counted by convolution over the possible sums, in integers:
+    p = #{signs: |sum s_i d_i| >= |T|} / 2^n. Clusters with d_i = 0 change nothing. With one shared
+    answer on one side and several seeds on the other, d_i is not exactly symmetric when the rates
+    are equal, so there the test is approximate: tools/signflip_size.py simulates its size.
     Worked: [1, 1, 1] -> 2/8 = 0.25; [2, 1] -> 2/4 = 0.5; six clusters of +1 -> 2/64 = 0.03125
     (equal to the exact McNemar test when every cluster holds one pair)."""
     ds = [abs(int(d)) for d in diffs if d]

@@ -112,6 +112,24 @@ def test_a_hub_id_is_snapshotted_without_pickle_files_then_converted(cache, tiny
         get_backend_class("ct2")(spec.model_copy(update={"path": "someorg/other"}))
 
 
+def test_evaluating_a_hub_id_starting_model_converts_its_snapshot(cache, tiny_dir, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from synthpref import models
+    from synthpref.backends.generation.base import EvalTarget
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, revision=None, ignore_patterns=None:
+                        str(tiny_dir))
+    real = models.load_tokenizer
+    monkeypatch.setattr(models, "load_tokenizer", lambda spec, **k: real(spec.model_copy(update={"path": str(tiny_dir)}), **k))
+    start = ModelSpec(path="someorg/tiny-llama", backend="ct2", options={"quantization": "float32"})
+    target = EvalTarget(name="sft", spec=start, device="cpu", weights=None, identity=None, work_dir=tmp_path,
+                        load=lambda: None)
+    make, _ = get_backend_class("ct2").for_evaluation(target)
+    b = make(start)
+    assert (b.model_dir / "model.bin").exists() and b.model_dir.name.startswith("tiny-llama-float32-")
+
+
 def test_no_repeat_ngram_and_shape(cache, tiny_dir):
     b = get_backend_class("ct2")(spec_of(tiny_dir, quantization="float32"))
     # greedy_penalties: the greedy request gets the n-gram block too (by default greedy takes none)

@@ -64,6 +64,10 @@ def test_an_sft_phase_is_not_exported_and_an_adapter_on_the_sft_model_points_int
     assert res["models"] == ["hc_self", "self_rm", "sft"]
     adapter = json.loads((tmp_path / "out" / "models" / "hc_self" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "models/sft" and (tmp_path / "out" / "models" / "sft").is_dir()
+    from huggingface_hub import ModelCard
+
+    mc = ModelCard.load(tmp_path / "out" / "models" / "hc_self" / "README.md")
+    assert mc.data.base_model is None and "relative to the export's root" in mc.text  # not a hub repo id
 
 
 def test_split_names_and_pairs_only(tmp_path):

@@ -208,3 +208,33 @@ def test_sampling_settings_do_not_invalidate_a_greedy_only_models_answers(tmp_pa
     assert h("api", greedy_penalties=True, repetition_penalty=1.2) != h("api", greedy_penalties=True,
                                                                           repetition_penalty=1.0)
     assert h("tgt", temperature=0.5) != h("tgt", temperature=0.9)
+
+
+def test_greedy_answers_stored_under_the_earlier_key_are_kept_not_bought_again(server, tmp_path):
+    """Runs made before greedy-only models were keyed by the greedy settings alone stored their
+    answers under a key of every setting: the new key adopts that file instead of re-requesting."""
+    cfg = parse_config({
+        "name": "api", "seed": 3, "run_dir": str(tmp_path / "run"), "target": "tgt",
+        "models": {"api": {"path": "gpt-test", "backend": "openai", "options": options(server)},
+                   "tgt": {"path": "t", "backend": "responses", "options": {"file": str(tmp_path / "none.jsonl")}}},
+        "roles": {"gpt4o": ["api"]}, "pairs": {"settings": ["gpt4o_self"]}, "prompts": {"train": {"source": "advbench"}},
+        "generate": {"sources": ["api"], "overrides": {"api": {"num_samples": 0}}},
+    })
+    rd = RunDir(cfg.run_path).create()
+    texts = ["ok alpha", "ok beta"]
+    prompts = [{"prompt_id": prompt_id(t), "text": t} for t in texts]
+    write_jsonl(rd.path("prompts", "train.jsonl"), prompts)
+    server.healthy = True
+    generate.generate_model(cfg, rd, "api", prompts, "cpu")
+    assert sum(server.calls.values()) == 2
+    plan = generate.model_plan(cfg, "api")
+    new, old = (generate.model_inputs_hash(cfg, "api", prompts, plan, "cpu", every_setting=e) for e in (False, True))
+    assert new != old
+    rd.path("generate", "api.jsonl.inputs").write_text(old + "\n")  # as an earlier version left it
+    server.calls.clear()
+    stats = generate.generate_model(cfg, rd, "api", prompts, "cpu")
+    assert sum(server.calls.values()) == 0 and stats["generated"] == 2
+    assert rd.path("generate", "api.jsonl.inputs").read_text().strip() == new
+    rd.path("generate", "api.jsonl.inputs").write_text("some other inputs\n")  # other inputs: asked again
+    generate.generate_model(cfg, rd, "api", prompts, "cpu")
+    assert sum(server.calls.values()) == 2

@@ -72,7 +72,15 @@ def test_dry_run_with_seeds_counts_the_repeated_stages_once_per_seed(monkeypatch
     shared = sum(r[3] for r in one["rows"] if r[3] is not None and r[0] not in three["repeated"])
     per_seed = one["total_s"] - shared
     assert shared > 0 and per_seed > 0
-    assert three["total_s"] == pytest.approx(shared + 3 * per_seed)
+    # greedy-only models (the stronger model, GPT-4o) and the SFT model's evaluation are shared too
+    once = [r for r in one["rows"] if r[0] == "generate" and r[1] in ("stronger", "gpt4o", "gpt4o_released")]
+    assert once and all(estimate.per_seed_share(cfg, r) == 0.0 for r in once)
+    ev = next(r for r in one["rows"] if r[0] == "evaluate")
+    assert estimate.per_seed_share(cfg, ev) == pytest.approx(7 / 8)  # sft + seven settings
+    repeated = sum(r[3] * estimate.per_seed_share(cfg, r) for r in one["rows"]
+                   if r[3] is not None and r[0] in three["repeated"])
+    assert 0 < repeated < per_seed
+    assert three["total_s"] == pytest.approx(one["total_s"] + 2 * repeated)
 
 
 def test_sizes_come_from_config_json_not_names(tmp_path):

@@ -56,6 +56,11 @@ def test_recipe_moves_every_paper_config_onto_packaged_models():
         assert cfg.device == "cpu" and cfg.train.num_processes == 2
         assert {m.path for m in cfg.models.values() if m.backend == "hf"} >= {"smollm2-135m-instruct"}
         assert cfg.prompts.train.source == "pyrit-human-pairs"
+        # layered with the vLLM CPU recipe: the target, the stronger model and one peer generate on vllm
+        on_vllm = load_config(path, recipe + overrides_from_file(RECIPE.parent / "cpu_vllm.yaml"))
+        vllm = {n: m for n, m in on_vllm.models.items() if m.backend == "vllm"}
+        assert set(vllm) == {"target", "stronger", "peer_a"} and all(m.dtype == "float32" for m in vllm.values())
+        assert on_vllm.models["stronger"].stand_in_for and on_vllm.device == "cpu"
 
 
 def test_overrides_file_errors_name_the_file(tmp_path):

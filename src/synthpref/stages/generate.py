@@ -197,7 +197,8 @@ def build_requests(cfg: StudyConfig, name: str, prompts: list[dict], plan: Model
     return out
 
 
-def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan, device: str = "cpu") -> str:
+def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: ModelPlan, device: str = "cpu",
+                      every_setting: bool = False) -> str:
     """What a model's records depend on: its spec (options as the backend resolves them on `device`,
     minus runtime-only ones), sampling and seed.
 
@@ -211,7 +212,7 @@ def model_inputs_hash(cfg: StudyConfig, name: str, prompts: list[dict], plan: Mo
     cls = get_backend_class(cfg.models[name].backend)
     spec["options"] = cls.record_options(spec["options"], device)
     params = {k: v for k, v in asdict(plan.params).items() if k not in ("batch_size", "inherit_generation_config")}
-    if plan.num_samples == 0:  # greedy only (e.g. the GPT-4o role): the sampling settings cannot change its texts,
+    if plan.num_samples == 0 and not every_setting:  # greedy only (e.g. the GPT-4o role): sampling cannot change its texts,
         used = ["max_new_tokens", "greedy_penalties"]  # so changing them keeps its (maybe paid) answers
         used += ["repetition_penalty", "no_repeat_ngram_size"] if plan.params.greedy_penalties else []
         params = {k: params[k] for k in used}
@@ -280,8 +281,11 @@ def generate_model(cfg: StudyConfig, rd: RunDir, name: str, prompts: list[dict],
     """Generate (or resume) generate/<name>.jsonl; returns this model's stats."""
     plan = model_plan(cfg, name)
     todo = build_requests(cfg, name, prompts, plan)
-    writer = RecordWriter(rd.path("generate", f"{name}.jsonl"), "response_id",
-                          model_inputs_hash(cfg, name, prompts, plan, device))
+    h = model_inputs_hash(cfg, name, prompts, plan, device)
+    # Before greedy-only models were keyed by the greedy settings alone, every setting was in the key:
+    # a file stored under that key holds the same answers (maybe paid for) and is kept.
+    earlier = [model_inputs_hash(cfg, name, prompts, plan, device, every_setting=True)] if plan.num_samples == 0 else []
+    writer = RecordWriter(rd.path("generate", f"{name}.jsonl"), "response_id", h, same_as=earlier)
     wanted = {req.key for req, _ in todo}
     _keep_stale(rd, name, writer.prune(lambda r: r["response_id"] in wanted))
     pending = [(req, rec) for req, rec in todo if not writer.done(req.key)]

@@ -356,8 +356,12 @@ class CT2Backend(GenerationBackend):
         from ...models import load_tokenizer, resolve_path
 
         start, q = target.spec, cls._eval_quantization(target)
+
+        def start_dir() -> Path:  # the starting model's folder (a hub id: its safetensors snapshot)
+            return hub_snapshot(start) if is_hub_id(start.path) else Path(resolve_path(start.path))
+
         if target.weights is None:
-            src = Path(resolve_path(start.path))
+            src = start_dir()
             model_dir = converted_model(start, q, src)
             tok = load_tokenizer(start)
         else:
@@ -365,7 +369,7 @@ class CT2Backend(GenerationBackend):
             tok = load_tokenizer(start.model_copy(update={"path": str(d), "revision": None}), padding_side="left")
             model_dir = target.work_dir / f"ct2-{q}-{conversion_key(target.identity, q)}"
             is_adapter = (d / "adapter_config.json").exists()
-            src = Path(resolve_path(start.path)) if is_adapter else d
+            src = start_dir() if is_adapter else d
             if not (model_dir / "model.bin").exists():
                 cls._convert_trained(target, model_dir, q, is_adapter)
 

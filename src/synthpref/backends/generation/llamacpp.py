@@ -94,8 +94,9 @@ class LlamaCppBackend(GenerationBackend):
             choice = out["choices"][0]
             text = choice["message"]["content"] or ""
         else:
-            if prompt_format_option(self.spec) == "raw":  # the authors' prompt: the text alone, no BOS or other
-                text = format_raw(self.spec, req.messages)  # special token (as the hf backend tokenises it)
+            if prompt_format_option(self.spec) == "raw":  # the authors' prompt: the text alone, no BOS added (as
+                text = format_raw(self.spec, req.messages)  # the hf backend's add_special_tokens=False); unlike hf,
+                # special-token strings inside the text stay plain text here (special=False)
                 prompt = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
             else:  # plain: llama.cpp adds the model's BOS, as the tokenizer's usual special tokens do
                 prompt = format_plain(self.spec, req.messages)
