@@ -35,6 +35,59 @@ from .rundir import RunDir, read_json, read_jsonl, write_json, write_text
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+# --------------------------------------------------------------------------- disk room
+def disk_need(cfg: StudyConfig) -> tuple[float, str] | None:
+    """(bytes, how) that full fine-tuning writes under train/: every SFT phase's model and every
+    setting's, in the dtype it trains in (bf16 on a GPU with train.bf16, else float32), plus while
+    one trains its checkpoint (weights, float32 master copy, Adam's two moments: 12 more bytes per
+    parameter). None with LoRA (adapters are small) or when the model's size is unknown."""
+    from .lineage import base_model_spec, sft_phase_names
+    from .model_facts import model_size
+
+    t = cfg.train
+    if t.use_lora:
+        return None
+    base = base_model_spec(cfg)
+    size = model_size(base.path, base.revision)
+    if size is None:
+        return None
+    from .models import pick_device
+
+    gpu = pick_device(cfg.device) != "cpu"
+    width = 2 if gpu and (t.bf16 is None or t.bf16) else 4  # train.bf16 None: on for CUDA
+    n = len(cfg.pairs.settings) + (len(sft_phase_names(cfg)) if t.sft.enabled else 0)
+    need = size.params * (n * width + width + 12)
+    return need, (f"{n} models of {size.params / 1e9:.2f}B parameters at {width} bytes, plus one checkpoint "
+                  f"with optimizer state")
+
+
+def disk_problem(cfg: StudyConfig) -> str | None:
+    """A problem when the run directory's disk cannot hold what training writes (disk_need, less what
+    train/ already holds): found before any stage runs, not hours later as a failed save."""
+    got = disk_need(cfg)
+    if got is None:
+        return None
+    need, how = got
+    where = cfg.run_path.resolve()
+    have = where / "train"
+    held = sum(f.stat().st_size for f in have.rglob("*") if f.is_file()) if have.is_dir() else 0
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need - held <= free:
+        return None
+    return (f"full fine-tuning writes about {need / 1e9:.0f} GB under train/ ({how}); the disk of "
+            f"{cfg.run_path} has {free / 1e9:.0f} GB free; free space, set run_dir on a larger disk, or "
+            "train with LoRA (train.use_lora: true)")
+
+
+def require_disk(cfg: StudyConfig) -> None:
+    """Refuse to start training that the disk cannot hold (disk_problem), before anything is written."""
+    room = disk_problem(cfg)
+    if room:
+        raise ConfigError(f"train: {room}")
+
+
 # --------------------------------------------------------------------------- TRL arguments
 def check_extra(extra: dict, config_cls) -> None:
     fields = {f.name for f in dataclasses.fields(config_cls) if f.init}

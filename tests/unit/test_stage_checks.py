@@ -78,3 +78,31 @@ def test_dry_run_fits_80_columns(tmp_path, tiny_model_dir, capsys, monkeypatch):
     assert max(len(line) for line in out) <= 80
     rows = [line for line in out if line.lstrip("│ ").startswith(("prompts", "generate", "train"))]
     assert len(rows) >= 3  # one line per row, not a cell wrapped over three
+
+
+def test_full_fine_tuning_the_disk_cannot_hold_is_noted_and_refused_before_a_model_is_written(tmp_path, tiny_model_dir,
+                                                                                            monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from synthpref import training
+    from synthpref.model_facts import model_size
+    from synthpref.rundir import RunDir
+    from synthpref.stages import sft
+
+    cfg = parse_config({**_cfg(tmp_path, tiny_model_dir), "train": {"use_lora": False,
+                        "sft": {"enabled": True, "datasets": [{"source": "configs/smoke/sft_chat.jsonl"}]}}})
+    need, how = training.disk_need(cfg)
+    params = model_size(str(tiny_model_dir)).params
+    assert need == params * (2 * 4 + 4 + 12) and how.startswith("2 models")  # hc_self + sft, float32 on the CPU
+    assert training.disk_need(cfg.model_copy(update={"train": cfg.train.model_copy(update={"use_lora": True})})) is None
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 12, 10 ** 12, int(need) - 1))
+    notes: list[str] = []
+    assert validate(cfg, "c.yaml", notes) == []  # validate may run elsewhere: a note, not a problem
+    assert any("train: full fine-tuning writes about" in n for n in notes)
+    with pytest.raises(ConfigError, match=r"train: full fine-tuning writes about .* GB free; free space"):
+        sft.run(cfg, RunDir(cfg.run_path).create())
+    assert not (tmp_path / "run" / "train").exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 12, 0, int(need) + 1))
+    assert training.disk_problem(cfg) is None

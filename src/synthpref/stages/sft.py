@@ -17,7 +17,7 @@ from ..config import ModelSpec, StudyConfig
 from ..errors import ConfigError
 from ..lineage import SFT_NAME, base_model_spec, is_done, sft_inputs_hash, sft_phase_hash, sft_phase_names, trained_model_dir
 from ..rundir import RunDir, read_json
-from ..training import Built, common_args, fit, launch, load_for_training, summary_row
+from ..training import Built, common_args, fit, launch, load_for_training, require_disk, summary_row
 from . import Checks
 
 
@@ -115,6 +115,7 @@ def _rows(d) -> int | None:
 def run(cfg: StudyConfig, rd: RunDir) -> dict:
     if not cfg.train.sft.enabled:
         return {"skipped": True, "reason": "train.sft.enabled is false: generation and DPO use the target as configured"}
+    require_disk(cfg)
     rd.stage("train")
     if cfg.train.launcher == "accelerate":
         h = sft_inputs_hash(cfg)

@@ -31,7 +31,7 @@ from ..lineage import (SFT_NAME, TRAIN_VERSION, is_done, sft_inputs_hash, sft_ph
                        train_fields)
 from ..rundir import RunDir, hash_obj, read_json, read_jsonl, retire_unlisted, sha256_file
 from ..settings import pairs_path
-from ..training import Built, check_extra, common_args, fit, launch, load_for_training, summary_row
+from ..training import Built, check_extra, common_args, fit, launch, load_for_training, require_disk, summary_row
 from . import Checks
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -51,7 +51,7 @@ def check(cfg: StudyConfig, checks: Checks) -> None:
     from ..lineage import base_model_spec
     from ..model_facts import layer_count
     from ..models import check_reference
-    from ..training import launch_problems, resolve_accelerate_config
+    from ..training import disk_problem, launch_problems, resolve_accelerate_config
 
     t = cfg.train
     if t.base_model and t.base_model not in cfg.models:
@@ -73,6 +73,9 @@ def check(cfg: StudyConfig, checks: Checks) -> None:
             check_extra(t.extra, DPOConfig)
         except SynthprefError as e:
             checks.error(str(e))
+    room = disk_problem(cfg)
+    if room:  # a note here (validate may run on another machine than the run); the sft and train stages refuse
+        checks.note(f"train: {room}")
     if t.launcher == "accelerate" and t.accelerate_config:
         problems, notes = launch_problems(cfg)
         for where, msg in problems:
@@ -241,6 +244,7 @@ def run(cfg: StudyConfig, rd: RunDir) -> dict:
     if not settings:
         raise DataError(f"{rd.path('pairs')}: no pairs file for any of pairs.settings "
                         f"({', '.join(cfg.pairs.settings)}); run `synthpref pairs` first")
+    require_disk(cfg)
     rd.stage("train")
     summary: dict[str, Any] = {"settings": {}, "use_lora": cfg.train.use_lora, "launcher": cfg.train.launcher,
                                "no_pairs": [s for s in cfg.pairs.settings if s not in settings]}
