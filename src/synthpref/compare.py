@@ -270,8 +270,8 @@ def ranked_refusal(r: Run) -> tuple[str, str, str | None] | None:
         choice = (j["name"], j["kind"]) if j.get("name") else None
     if choice is None:
         return None
-    version = next((((res.get("judges") or {}).get(choice[0]) or {}).get("version") for res in r.evals.values()
-                    if ((res.get("judges") or {}).get(choice[0]) or {}).get("version")), None)
+    versions = (((res.get("judges") or {}).get(choice[0]) or {}).get("version") for res in r.evals.values())
+    version = next((v for v in versions if v), None)
     if version is None and (first.get("refusal_judge") or {}).get("name") == choice[0]:
         version = first["refusal_judge"].get("version")
     return choice[0], choice[1], version
